@@ -1,0 +1,49 @@
+"""Shared names: record feature keys, batch keys, frame layout, export signatures.
+
+Every module that reads or writes a snippet, a batch or a SavedModel uses these
+constants, so the schema is defined once. See README "Record schema".
+"""
+
+# --- Snippet layout -----------------------------------------------------------
+# A snippet is three consecutive frames in temporal order [t-1, t, t+1].
+NUM_FRAMES = 3
+TARGET_INDEX = 1
+SOURCE_INDICES = (0, 2)  # t-1, t+1
+NUM_SOURCES = len(SOURCE_INDICES)
+
+# --- TFRecord features (tf.train.Example) -------------------------------------
+FEATURE_IMAGES = "images"            # bytes_list[3]: encoded PNG/JPEG, temporal order
+FEATURE_INTRINSICS = "intrinsics"    # float_list[9]: K (row-major) at the stored size
+FEATURE_HEIGHT = "height"            # int64: stored image height
+FEATURE_WIDTH = "width"              # int64: stored image width
+FEATURE_SEQUENCE_ID = "sequence_id"  # bytes: e.g. "2011_09_26_drive_0001_sync/image_02"
+FEATURE_FRAME_ID = "frame_id"        # int64: index of the target frame in its sequence
+# Optional ground truth (synthetic world; absent for real datasets):
+FEATURE_GT_DEPTH = "gt/depth"        # bytes: raw float32 [H, W] target depth (m), z-depth
+FEATURE_GT_POSE = "gt/pose"          # float_list[NUM_SOURCES*16]: T_target->source, 4x4 row-major
+FEATURE_GT_FLOW = "gt/flow"          # bytes: raw float32 [NUM_SOURCES, H, W, 2] flow target->source (px, x then y)
+FEATURE_GT_MOVING = "gt/moving_mask" # bytes: raw uint8 [NUM_SOURCES, H, W], 1 = target pixel on a moving object
+
+# --- Keys of a parsed snippet / a training batch (dict of tensors) ------------
+KEY_FRAMES = "frames"            # float32 [B, 3, H, W, 3] in [0, 1], clean (the losses see these)
+KEY_FRAMES_AUG = "frames_aug"    # float32 [B, 3, H, W, 3] colour-jittered (the networks see these)
+KEY_INTRINSICS = "intrinsics"    # float32 [B, 3, 3] at the batch's resolution
+KEY_SEQUENCE_ID = "sequence_id"  # string [B]
+KEY_FRAME_ID = "frame_id"        # int64 [B]
+KEY_GT_DEPTH = "gt_depth"        # float32 [B, H, W, 1]
+KEY_GT_POSE = "gt_pose"          # float32 [B, NUM_SOURCES, 4, 4] T_target->source
+KEY_GT_FLOW = "gt_flow"          # float32 [B, NUM_SOURCES, H, W, 2]
+KEY_GT_MOVING = "gt_moving_mask" # float32 [B, NUM_SOURCES, H, W, 1] in {0, 1}
+
+# --- Depth range (Monodepth2) -------------------------------------------------
+MIN_DEPTH = 0.1
+MAX_DEPTH = 100.0
+
+# --- SavedModel export (TF Serving) -------------------------------------------
+# <export_dir>/<name>/<version>/ ; every model has a `serving_default` signature.
+EXPORT_DEPTH = "depth"   # inputs: image float32 [B, H, W, 3] in [0, 1]
+                         # outputs: depth [B, H, W, 1] (m, up to scale), disparity [B, H, W, 1]
+EXPORT_POSE = "pose"     # inputs: image_a, image_b float32 [B, H, W, 3] (temporal order a -> b)
+                         # outputs: pose_vector [B, 6] (axis-angle rot, trans), transform [B, 4, 4] T_a->b
+EXPORT_FLOW = "flow"     # inputs: image_a, image_b float32 [B, H, W, 3]
+                         # outputs: flow [B, H, W, 2] pixels, a -> b, channel 0 = x

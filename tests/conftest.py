@@ -1,0 +1,33 @@
+"""Test configuration shared by every test module.
+
+* Splits the CPU into two logical devices before TensorFlow initialises, so that
+  tf.distribute tests can run MirroredStrategy with two replicas on a CPU-only
+  machine. Single-device code is unaffected (it uses the first device).
+* `shared_data` fixture: the real third-party data in ../shared/data; tests that
+  need it skip with a message when it is absent (a user's clone has none).
+"""
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(
+    os.environ.get("COOPNET_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+)
+
+
+@pytest.fixture
+def shared_data():
+    """Path of ../shared/data, or skip the test when it is not there."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (set COOPNET_SHARED_DATA)")
+    return SHARED_DATA
