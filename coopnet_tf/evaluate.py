@@ -1,0 +1,564 @@
+r"""Evaluation entry point: `python -m coopnet_tf.evaluate {depth,odometry,flow,motion} ...`.
+
+Each subcommand prints a table, writes `--output_json` and, with `--plot_dir`, figures.
+The metric math lives in `coopnet_tf/eval/` (numpy); this file only reads files, runs
+SavedModels in the `--predict` / `--saved_model` modes and formats the results.
+
+  depth     --gt_depths=gt_depths.npz --pred_disps=disps.npy [--protocol=eigen|cityscapes]
+            or --saved_model=DIR --data_path=ROOT --split_file=FILE [--gt_depths=...]
+            -> abs_rel sq_rel rmse rmse_log a1 a2 a3 (+ scale_ratio_median/_std)
+  odometry  --gt_poses=09.txt --pred_poses=pred_09.txt [--align=7dof|scale|6dof|none]
+            [--predict --saved_model=DIR --image_dir=sequences/09/image_2]
+            -> t_err (%) r_err (deg/100 m) ate_mean ate_std
+  flow      --gt_dir=training --pred_dir=pred [--predict --saved_model=DIR --image_dir=...]
+            -> epe_noc epe_all fl_all (+ fl_noc, *_pooled)
+  motion    --pred_masks=masks.npz (--gt_masks=gt.npz | --gt_dir=training [--semantic_dir])
+            -> iou_mean iou_static iou_moving
+
+See docs/readme/evaluate.md for the full commands from raw datasets.
+"""
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+
+from absl import app, flags, logging
+import numpy as np
+
+from coopnet_tf.eval import depth as depth_eval
+from coopnet_tf.eval import flow as flow_eval
+from coopnet_tf.eval import kitti_flow_io
+from coopnet_tf.eval import motion as motion_eval
+from coopnet_tf.eval import odometry as odom_eval
+
+SUBCOMMANDS = ("depth", "odometry", "flow", "motion")
+
+FLAGS = flags.FLAGS
+
+_FLAGS_DEFINED = False
+
+
+def _define_flags():
+    """Registers the command-line flags (only when run as a program, so that importing
+    this module never collides with other absl programs' flags)."""
+    global _FLAGS_DEFINED  # pylint: disable=global-statement
+    if _FLAGS_DEFINED:
+        return
+    _FLAGS_DEFINED = True
+    # Common.
+    flags.DEFINE_string("output_json", None, "Write the results to this JSON file.")
+    flags.DEFINE_string("plot_dir", None, "Write figures / visualisations into this directory.")
+    flags.DEFINE_boolean("compare_paper", False,
+                         "Print the published CoopNet numbers (TABLES.md) beside ours.")
+    flags.DEFINE_string("saved_model", None,
+                        "SavedModel directory (or an export dir <name>/ holding numbered versions; "
+                        "the highest is used) for the predict modes.")
+    flags.DEFINE_integer("height", 128, "Network input height for the predict modes.")
+    flags.DEFINE_integer("width", 416, "Network input width for the predict modes.")
+    flags.DEFINE_integer("batch_size", 8, "Batch size for the predict modes.")
+    # Depth.
+    flags.DEFINE_string("gt_depths", None, "Monodepth2-format gt_depths.npz (key `data`).")
+    flags.DEFINE_string("pred_disps", None, "Predicted disparities [N,h,w] (.npy).")
+    flags.DEFINE_enum("protocol", "eigen", list(depth_eval.PROTOCOLS),
+                      "Depth protocol: eigen (KITTI, Garg crop), cityscapes (hood + middle crop), "
+                      "full (depth range only).")
+    flags.DEFINE_boolean("median_scaling", True, "Per-image median scaling.")
+    flags.DEFINE_float("pred_depth_scale_factor", 1.0, "Global factor applied to predicted depth.")
+    flags.DEFINE_float("min_depth", depth_eval.MIN_DEPTH, "Evaluation depth range minimum (m).")
+    flags.DEFINE_float("max_depth", depth_eval.MAX_DEPTH, "Evaluation depth range maximum / cap (m).")
+    flags.DEFINE_string("data_path", None, "Dataset root for --saved_model depth prediction.")
+    flags.DEFINE_string("split_file", None,
+                        "Test list: KITTI lines 'DATE/DRIVE FRAME l|r', or image paths relative "
+                        "to --data_path (Cityscapes).")
+    flags.DEFINE_string("img_ext", "png", "KITTI image extension (png or jpg).")
+    flags.DEFINE_boolean("post_process", False, "Monodepth2 flip post-processing of disparities.")
+    flags.DEFINE_string("save_pred_disps", None, "Save the predicted disparities to this .npy.")
+    flags.DEFINE_string("save_gt_depths", None,
+                        "Cityscapes: save the GT depths computed from disparity/ + camera/ here.")
+    flags.DEFINE_string("cityscapes_split", "test", "Cityscapes split used when no --split_file.")
+    # Odometry.
+    flags.DEFINE_string("gt_poses", None, "KITTI ground-truth pose file (12 numbers per line).")
+    flags.DEFINE_string("pred_poses", None, "KITTI predicted pose file (written in --predict mode).")
+    flags.DEFINE_enum("align", "7dof", list(odom_eval.ALIGN_MODES), "Trajectory alignment.")
+    flags.DEFINE_string("sequence", None, "Sequence name for titles / --compare_paper "
+                        "(default: digits of the --gt_poses file name).")
+    flags.DEFINE_boolean("predict", False, "Run --saved_model on --image_dir first.")
+    flags.DEFINE_string("image_dir", None, "Images: an odometry sequence (image_2) or KITTI 2015 "
+                        "image_2 with xxxxxx_10/11.png pairs.")
+    # Flow.
+    flags.DEFINE_string("gt_dir", None, "KITTI 2015 training dir (flow_occ/, flow_noc/, obj_map/).")
+    flags.DEFINE_string("pred_dir", None, "Predicted KITTI flow PNGs (here or in pred_dir/flow).")
+    flags.DEFINE_enum("flow_resize", "bilinear", ["bilinear", "nearest"],
+                      "Resize of predictions to the GT size (values rescaled).")
+    # Motion.
+    flags.DEFINE_string("pred_masks", None, "Predicted masks .npz (key `data`, [N,h,w], 1 = moving).")
+    flags.DEFINE_string("gt_masks", None, "GT moving masks .npz (key `data`, [N,H,W], 1 = moving).")
+    flags.DEFINE_string("semantic_dir", None, "KITTI 2015 semantic maps (label 26 = car): restrict "
+                        "the motion IoU to car pixels as CC Table 6.")
+    flags.DEFINE_string("eval_regions", None, ".npz (key `data`) of bool regions to evaluate.")
+    flags.DEFINE_boolean("pred_is_static", False, "Predicted masks are 1 = static (e.g. V).")
+    flags.DEFINE_float("mask_threshold", 0.5, "Moving iff predicted value > threshold.")
+
+
+# --- Published numbers (../shared/TABLES.md) -------------------------------------------
+
+PAPER = {
+    "depth/eigen": ("CoopNet 128x416, KITTI (Table 1)",
+                    dict(abs_rel=0.126, sq_rel=1.014, rmse=5.091, rmse_log=0.204,
+                         a1=0.856, a2=0.954, a3=0.980)),
+    "depth/cityscapes": ("CoopNet 128x416, Cityscapes (Table 1)",
+                         dict(abs_rel=0.121, sq_rel=1.443, rmse=7.01, rmse_log=0.190,
+                              a1=0.846, a2=0.951, a3=0.980)),
+    "odometry/09": ("CoopNet seq. 09 (Table 2); ATE: CC seq. 09 (CC Table 3)",
+                    dict(t_err=8.42, r_err=2.66, ate_mean=0.012, ate_std=0.007)),
+    "odometry/10": ("CoopNet seq. 10 (Table 2); ATE: CC seq. 10 (CC Table 3)",
+                    dict(t_err=7.29, r_err=2.14, ate_mean=0.012, ate_std=0.008)),
+    "flow": ("CoopNet KITTI 2015 train (Table 3); Fl: CC (CC Table 4)",
+             dict(epe_noc=5.10, epe_all=9.43, fl_all=0.2641)),
+    "motion": ("CC 'Joint', KITTI 2015 car pixels (CC Table 6)",
+               dict(iou_mean=0.5694, iou_static=0.5577, iou_moving=0.5811)),
+}
+
+
+# --- Output helpers ---------------------------------------------------------------------
+
+def _json_safe(obj):
+    """NaN/inf -> None, numpy scalars/arrays -> Python, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, result):
+    """Writes `result` (strict JSON: NaN as null); parent directories created."""
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_json_safe(result), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _fmt(v, digits=4):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{v:.{digits}f}"
+
+
+def format_table(title, keys, ours, paper=None, paper_label=None, digits=4):
+    """A plain-text table: one row per metric, columns ours (and paper)."""
+    header = ["metric", "ours"] + (["paper"] if paper is not None else [])
+    rows = [[k, _fmt(ours.get(k), digits)] + ([_fmt(paper.get(k), digits)] if paper is not None else [])
+            for k in keys]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = [title, line, "  ".join(h.ljust(w) for h, w in zip(header, widths)), line]
+    out += ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
+            for r in rows]
+    out.append(line)
+    if paper is not None and paper_label:
+        out.append(f"paper: {paper_label}")
+    return "\n".join(out)
+
+
+def _report(title, keys, result, paper_key=None):
+    paper = label = None
+    if FLAGS.compare_paper and paper_key in PAPER:
+        label, paper = PAPER[paper_key]
+        result["paper"] = {"source": label, **paper}
+    elif FLAGS.compare_paper:
+        print(f"(no published number for {paper_key})")
+    print(format_table(title, keys, result, paper, label))
+    if FLAGS.output_json:
+        write_json(FLAGS.output_json, result)
+        print(f"wrote {FLAGS.output_json}")
+    return result
+
+
+def _require(*names):
+    missing = [n for n in names if getattr(FLAGS, n) in (None, "")]
+    if missing:
+        raise app.UsageError("missing flag(s): " + ", ".join("--" + n for n in missing))
+
+
+# --- SavedModel helpers ----------------------------------------------------------------------
+
+def resolve_saved_model_dir(path):
+    """A SavedModel dir, or an export dir whose highest numbered subdirectory is one."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [d for d in os.listdir(path) if d.isdigit()
+                and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
+    if not versions:
+        raise FileNotFoundError(f"no saved_model.pb in {path} or its numbered subdirectories")
+    return os.path.join(path, max(versions, key=int))
+
+
+def load_signature(path):
+    """The `serving_default` signature of a SavedModel (keeps the model alive)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    model = tf.saved_model.load(resolve_saved_model_dir(path))
+    fn = model.signatures["serving_default"]
+    fn._coopnet_model = model  # pylint: disable=protected-access
+    return fn
+
+
+def model_input_size(signature, input_name):
+    """(height, width) to feed: the SavedModel's static input size when it has one (a
+    mismatching --height/--width is overridden with a warning), else the flags."""
+    shape = signature.structured_input_signature[1][input_name].shape
+    h, w = (shape[1], shape[2]) if shape.rank == 4 else (None, None)
+    if h is not None and w is not None:
+        explicit = FLAGS["height"].present or FLAGS["width"].present
+        if (h, w) != (FLAGS.height, FLAGS.width) and explicit:
+            logging.warning("SavedModel input is %dx%d: using it instead of --height=%d --width=%d",
+                            h, w, FLAGS.height, FLAGS.width)
+        return int(h), int(w)
+    return FLAGS.height, FLAGS.width
+
+
+def load_image(path, height=None, width=None, crop_bottom=0.0):
+    """Image file -> float32 [H, W, 3] in [0, 1], optional bottom crop and resize (Lanczos,
+    as Monodepth2's PIL ANTIALIAS)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if crop_bottom:
+            w, h = im.size
+            im = im.crop((0, 0, w, int(round(h * (1.0 - crop_bottom)))))
+        size = im.size[::-1]
+        if height and width and (height, width) != size:
+            im = im.resize((width, height), Image.LANCZOS)
+        return np.asarray(im, np.float32) / 255.0, size
+
+
+def _batches(n, batch_size):
+    for s in range(0, n, batch_size):
+        yield s, min(n, s + batch_size)
+
+
+# --- depth ------------------------------------------------------------------------------------
+
+def _kitti_image_path(data_path, line, img_ext):
+    folder, frame, side = line.split()[:3]
+    cam = {"l": "image_02", "r": "image_03"}[side]
+    return os.path.join(data_path, folder, cam, "data", f"{int(frame):010d}.{img_ext}")
+
+
+def _cityscapes_paths(data_path, image_rel):
+    image = os.path.join(data_path, image_rel)
+    disp = re.sub(r"leftImg8bit", "disparity", image_rel)
+    cam = re.sub(r"leftImg8bit", "camera", image_rel)
+    cam = os.path.splitext(cam)[0] + ".json"
+    return image, os.path.join(data_path, disp), os.path.join(data_path, cam)
+
+
+def _depth_image_list():
+    _require("data_path")
+    if FLAGS.split_file:
+        with open(FLAGS.split_file, encoding="utf-8") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    elif FLAGS.protocol == "cityscapes":
+        pattern = os.path.join(FLAGS.data_path, "leftImg8bit", FLAGS.cityscapes_split, "*",
+                               "*_leftImg8bit.png")
+        lines = sorted(os.path.relpath(p, FLAGS.data_path) for p in glob.glob(pattern))
+        if not lines:
+            raise FileNotFoundError(f"no images match {pattern}")
+    else:
+        raise app.UsageError("--split_file is required for KITTI prediction")
+    if len(lines[0].split()) >= 3:
+        return [_kitti_image_path(FLAGS.data_path, ln, FLAGS.img_ext) for ln in lines], lines
+    return [os.path.join(FLAGS.data_path, ln) for ln in lines], lines
+
+
+def predict_disparities(signature, image_paths, height, width, batch_size,
+                        post_process=False, crop_bottom=0.0):
+    """Runs a depth SavedModel (EXPORT_DEPTH) on images -> [N, height, width] disparities."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    out = []
+    for s, e in _batches(len(image_paths), batch_size):
+        batch = np.stack([load_image(p, height, width, crop_bottom)[0] for p in image_paths[s:e]])
+        disp = signature(image=tf.constant(batch))["disparity"].numpy()[..., 0]
+        if post_process:
+            disp_f = signature(image=tf.constant(batch[:, :, ::-1]))["disparity"].numpy()[..., 0]
+            disp = depth_eval.post_process_disparity(disp, disp_f)
+        out.append(disp.astype(np.float32))
+        logging.info("depth prediction %d/%d", e, len(image_paths))
+    return np.concatenate(out, 0)
+
+
+def cityscapes_gt_depths(lines):
+    """Cityscapes GT depth maps (full 1024x2048 frames) from disparity/ and camera/."""
+    gts = []
+    for ln in lines:
+        _, disp_path, cam_path = _cityscapes_paths(FLAGS.data_path, ln)
+        fx, baseline = depth_eval.read_cityscapes_camera(cam_path)
+        raw = kitti_flow_io.read_png_uint16(disp_path)[..., 0]
+        gts.append(depth_eval.cityscapes_disparity_to_depth(raw, fx, baseline))
+    return gts
+
+
+def run_depth():
+    """`depth` subcommand."""
+    gt_depths = None
+    if FLAGS.saved_model:
+        paths, lines = _depth_image_list()
+        crop = 1.0 - depth_eval.CITYSCAPES_HOOD_KEEP if FLAGS.protocol == "cityscapes" else 0.0
+        signature = load_signature(FLAGS.saved_model)
+        height, width = model_input_size(signature, "image")
+        pred_disps = predict_disparities(signature, paths, height, width, FLAGS.batch_size,
+                                         FLAGS.post_process, crop)
+        if FLAGS.save_pred_disps:
+            np.save(FLAGS.save_pred_disps, pred_disps)
+            print(f"wrote {FLAGS.save_pred_disps} {pred_disps.shape}")
+        if FLAGS.gt_depths:
+            gt_depths = depth_eval.load_gt_depths(FLAGS.gt_depths)
+        elif FLAGS.protocol == "cityscapes":
+            gt_depths = cityscapes_gt_depths(lines)
+            if FLAGS.save_gt_depths:
+                arr = np.empty(len(gt_depths), object)
+                arr[:] = gt_depths
+                np.savez_compressed(FLAGS.save_gt_depths, data=arr)
+        else:
+            print("no --gt_depths: predictions written, nothing to evaluate")
+            return None
+    else:
+        _require("gt_depths", "pred_disps")
+        gt_depths = depth_eval.load_gt_depths(FLAGS.gt_depths)
+        pred_disps = depth_eval.load_pred_disps(FLAGS.pred_disps)
+    result = depth_eval.evaluate_depth(
+        gt_depths, pred_disps, protocol=FLAGS.protocol, median_scaling=FLAGS.median_scaling,
+        pred_depth_scale_factor=FLAGS.pred_depth_scale_factor, min_depth=FLAGS.min_depth,
+        max_depth=FLAGS.max_depth)
+    if FLAGS.median_scaling:
+        print(f"scaling ratios | median: {result['scale_ratio_median']:.3f} | "
+              f"std (ratio/median): {result['scale_ratio_std']:.3f} | "
+              f"mean: {result['scale_ratio_mean']:.3f}")
+    if FLAGS.plot_dir:
+        from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+        idx = sorted(set(np.linspace(0, len(pred_disps) - 1, min(5, len(pred_disps))).astype(int)))
+        plots.save_depth_examples(FLAGS.plot_dir, pred_disps, gt_depths, idx)
+    return _report(f"depth ({FLAGS.protocol}, {result['n_images']} images)",
+                   depth_eval.METRIC_NAMES, result, f"depth/{FLAGS.protocol}")
+
+
+# --- odometry --------------------------------------------------------------------------------
+
+def list_images(image_dir, pattern=None):
+    """Sorted image files (png/jpg) of a directory."""
+    exts = (".png", ".jpg", ".jpeg")
+    files = sorted(p for p in glob.glob(os.path.join(image_dir, pattern or "*"))
+                   if p.lower().endswith(exts))
+    if not files:
+        raise FileNotFoundError(f"no images in {image_dir}")
+    return files
+
+
+def predict_trajectory(signature, image_paths, height, width, batch_size):
+    """Runs a pose SavedModel (EXPORT_POSE) on consecutive pairs and chains the motions.
+
+    Returns:
+      [N, 4, 4] camera-to-world poses, G_0 = I, G_{k+1} = G_k T_{k->k+1}^-1.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    images = [load_image(p, height, width)[0] for p in image_paths]
+    rel = []
+    for s, e in _batches(len(images) - 1, batch_size):
+        a = np.stack(images[s:e])
+        b = np.stack(images[s + 1:e + 1])
+        out = signature(image_a=tf.constant(a), image_b=tf.constant(b))
+        rel.append(out["transform"].numpy().astype(np.float64))
+        logging.info("pose prediction %d/%d", e, len(images) - 1)
+    return odom_eval.chain_relative_poses(np.concatenate(rel, 0))
+
+
+def _sequence_name():
+    if FLAGS.sequence:
+        return FLAGS.sequence
+    if FLAGS.gt_poses:
+        m = re.search(r"(\d+)", os.path.basename(FLAGS.gt_poses))
+        if m:
+            return f"{int(m.group(1)):02d}"
+    return None
+
+
+def run_odometry():
+    """`odometry` subcommand."""
+    if FLAGS.predict:
+        _require("saved_model", "image_dir", "pred_poses")
+        signature = load_signature(FLAGS.saved_model)
+        height, width = model_input_size(signature, "image_a")
+        poses = predict_trajectory(signature, list_images(FLAGS.image_dir), height, width,
+                                   FLAGS.batch_size)
+        parent = os.path.dirname(FLAGS.pred_poses)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        odom_eval.save_kitti_poses(FLAGS.pred_poses, poses)
+        print(f"wrote {FLAGS.pred_poses} ({len(poses)} poses)")
+        if not FLAGS.gt_poses:
+            return None
+    _require("gt_poses", "pred_poses")
+    gt = odom_eval.load_kitti_poses(FLAGS.gt_poses)
+    pred = odom_eval.load_kitti_poses(FLAGS.pred_poses)
+    result, aligned, gt0 = odom_eval.evaluate_odometry(gt, pred, align=FLAGS.align)
+    seq = _sequence_name()
+    result["sequence"] = seq
+    if FLAGS.plot_dir:
+        from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+        name = f"seq{seq}" if seq else "trajectory"
+        plots.plot_trajectory(os.path.join(FLAGS.plot_dir, f"{name}_trajectory.png"), gt0, aligned,
+                              title=f"{name} (align {FLAGS.align}): t_err {result['t_err']:.2f} %, "
+                                    f"r_err {result['r_err']:.2f} deg/100m")
+        plots.plot_errors_per_length(os.path.join(FLAGS.plot_dir, f"{name}_errors.png"),
+                                     result["per_length"], title=name)
+    return _report(f"odometry (sequence {seq or '-'}, align {FLAGS.align}, {result['n_frames']} frames)",
+                   ("t_err", "r_err", "ate_mean", "ate_std"), result, f"odometry/{seq}")
+
+
+# --- flow -------------------------------------------------------------------------------------
+
+def predict_flow_dir(signature, image_dir, pred_dir, names, height, width, batch_size):
+    """Runs a flow SavedModel (EXPORT_FLOW) on `xxxxxx_10.png -> xxxxxx_11.png` pairs and
+    writes KITTI flow PNGs at the original image size (values rescaled)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    os.makedirs(pred_dir, exist_ok=True)
+    for s, e in _batches(len(names), batch_size):
+        a, b, sizes = [], [], []
+        for name in names[s:e]:
+            ia, size = load_image(os.path.join(image_dir, name), height, width)
+            ib, _ = load_image(os.path.join(image_dir, name.replace("_10.", "_11.")), height, width)
+            a.append(ia)
+            b.append(ib)
+            sizes.append(size)
+        flows = signature(image_a=tf.constant(np.stack(a)), image_b=tf.constant(np.stack(b)))["flow"]
+        for name, flow, (h, w) in zip(names[s:e], flows.numpy(), sizes):
+            full = flow_eval.resize_flow(flow, h, w, method="bilinear")
+            kitti_flow_io.write_flow_png(os.path.join(pred_dir, name), full)
+        logging.info("flow prediction %d/%d", e, len(names))
+
+
+def run_flow():
+    """`flow` subcommand."""
+    if FLAGS.predict:
+        _require("saved_model", "image_dir", "pred_dir")
+        if FLAGS.gt_dir:
+            names = flow_eval.list_gt_names(FLAGS.gt_dir)
+        else:
+            names = [os.path.basename(p) for p in list_images(FLAGS.image_dir, "*_10.*")]
+        signature = load_signature(FLAGS.saved_model)
+        height, width = model_input_size(signature, "image_a")
+        predict_flow_dir(signature, FLAGS.image_dir, FLAGS.pred_dir, names, height, width,
+                         FLAGS.batch_size)
+        print(f"wrote {len(names)} flow PNGs to {FLAGS.pred_dir}")
+        if not FLAGS.gt_dir:
+            return None
+    _require("gt_dir", "pred_dir")
+    result = flow_eval.evaluate_flow_dirs(FLAGS.gt_dir, FLAGS.pred_dir, FLAGS.flow_resize,
+                                          return_per_image=True)
+    if FLAGS.plot_dir:
+        from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+        items = []
+        for entry in result["per_image"][:10]:
+            name = entry["name"]
+            gt, valid = kitti_flow_io.read_flow_png(os.path.join(FLAGS.gt_dir, "flow_occ", name))
+            pred, _ = kitti_flow_io.read_flow_png(flow_eval.find_prediction(FLAGS.pred_dir, name))
+            if pred.shape[:2] != gt.shape[:2]:
+                pred = flow_eval.resize_flow(pred, gt.shape[0], gt.shape[1], FLAGS.flow_resize)
+            max_flow = float(np.max(np.linalg.norm(gt[valid], axis=-1))) if valid.any() else None
+            stem = os.path.splitext(name)[0]
+            items.append((f"{stem}_pred.png", pred, None, max_flow))
+            items.append((f"{stem}_gt.png", gt, valid, max_flow))
+        for fname, f, v, m in items:
+            plots.save_flow_examples(FLAGS.plot_dir, [(fname, f, v)], max_flow=m)
+        plots.save_flow_wheel_legend(os.path.join(FLAGS.plot_dir, "color_wheel.png"))
+    return _report(f"flow (KITTI 2015, {result['n_images']} images; EPE px, Fl fraction, "
+                   f"per-image means)",
+                   ("epe_noc", "epe_all", "fl_all", "fl_noc", "epe_all_pooled", "fl_all_pooled"),
+                   result, "flow")
+
+
+# --- motion -----------------------------------------------------------------------------------
+
+def _load_npz_data(path):
+    with np.load(path, allow_pickle=True) as f:
+        key = "data" if "data" in f else list(f.keys())[0]
+        return list(f[key])
+
+
+def run_motion():
+    """`motion` subcommand."""
+    _require("pred_masks")
+    preds = _load_npz_data(FLAGS.pred_masks)
+    regions = None
+    names = None
+    if FLAGS.gt_masks:
+        gts = _load_npz_data(FLAGS.gt_masks)
+    elif FLAGS.gt_dir:
+        obj_dir = os.path.join(FLAGS.gt_dir, "obj_map")
+        names = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(obj_dir, "*_10.png")))]
+        if not names:
+            names = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(obj_dir, "*.png")))]
+        if not names:
+            raise FileNotFoundError(f"no obj_map PNGs in {obj_dir}")
+        gts = [kitti_flow_io.read_label_png(os.path.join(obj_dir, n)) for n in names]
+    else:
+        raise app.UsageError("motion needs --gt_masks or --gt_dir")
+    if FLAGS.semantic_dir:
+        if names is None:
+            raise app.UsageError("--semantic_dir needs --gt_dir (file names)")
+        regions = [motion_eval.car_region(
+            kitti_flow_io.read_label_png(os.path.join(FLAGS.semantic_dir, n))) for n in names]
+    elif FLAGS.eval_regions:
+        regions = _load_npz_data(FLAGS.eval_regions)
+    result = motion_eval.evaluate_motion(preds, gts, regions, FLAGS.mask_threshold,
+                                         FLAGS.pred_is_static)
+    result["region"] = "car pixels" if FLAGS.semantic_dir else (
+        "given regions" if FLAGS.eval_regions else "all pixels")
+    if FLAGS.plot_dir:
+        from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+        for i in range(min(5, len(gts))):
+            g = np.asarray(gts[i])
+            g = g[..., 0] if g.ndim == 3 else g
+            p = motion_eval.prepare_prediction(preds[i], g.shape[0], g.shape[1],
+                                               FLAGS.mask_threshold, FLAGS.pred_is_static)
+            plots.save_mask_comparison(os.path.join(FLAGS.plot_dir, f"mask_{i:04d}.png"), p, g > 0,
+                                       None if regions is None else regions[i])
+    return _report(f"motion segmentation IoU ({result['n_images']} images, {result['region']})",
+                   ("iou_mean", "iou_static", "iou_moving"), result, "motion")
+
+
+RUNNERS = {"depth": run_depth, "odometry": run_odometry, "flow": run_flow, "motion": run_motion}
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
+        raise app.UsageError(
+            f"usage: python -m coopnet_tf.evaluate {{{','.join(SUBCOMMANDS)}}} --flags "
+            f"(got {argv[1:]})")
+    start = time.time()
+    RUNNERS[argv[1]]()
+    logging.info("%s evaluation done in %.1f s", argv[1], time.time() - start)
+
+
+def run(argv=None):
+    """Console entry: defines the flags, then runs the absl app."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _define_flags()
+    app.run(main, argv=argv if argv is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    run()
