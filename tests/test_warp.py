@@ -277,3 +277,16 @@ def test_under_mixed_float16_policy_and_jit():
         assert np.all(np.isfinite(_np(phi)))
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
+
+
+def test_non_finite_coordinates_sample_nothing_and_do_not_crash():
+    """A NaN/inf coordinate (NaN batch, diverged net) is out of bounds, not an INT_MIN index."""
+    image = tf.random.uniform([1, 4, 5, 2], seed=3)
+    coords = tf.constant([[[[np.nan, 1.0], [1.0, np.inf], [-np.inf, 0.0], [2.0, 1.0]]]], tf.float32)
+    for padding in ("border", "zeros"):
+        samples, mask = g.bilinear_sample(image, coords, padding=padding)
+        np.testing.assert_array_equal(mask.numpy()[0, 0, :, 0], [0.0, 0.0, 0.0, 1.0])
+        np.testing.assert_allclose(samples.numpy()[0, 0, 3], image.numpy()[0, 1, 2], atol=1e-6)
+    from coopnet_tf.losses import consistency
+    flow = tf.fill([1, 4, 5, 2], np.nan)
+    assert float(tf.reduce_sum(consistency.range_map(flow))) == 0.0

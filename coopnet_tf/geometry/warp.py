@@ -152,6 +152,11 @@ def bilinear_sample(image, coords, padding=BORDER):
     x = coords[..., 0]
     y = coords[..., 1]
     in_bounds = (x >= 0.0) & (x <= w_max) & (y >= 0.0) & (y <= h_max)
+    # Non-finite coordinates (a NaN batch or a diverged network) would become INT_MIN
+    # indices and crash the gather; send them outside the image instead, so the step's
+    # non-finite guard sees the NaN loss and skips the update.
+    x = tf.where(tf.math.is_finite(x), x, -2.0)
+    y = tf.where(tf.math.is_finite(y), y, -2.0)
 
     if padding == BORDER:
         x = tf.clip_by_value(x, 0.0, w_max)

@@ -65,7 +65,9 @@ def range_map(reverse_flow):
     pos = camera.pixel_grid(b, h, w) + flow
     w_max = tf.cast(w - 1, tf.float32)
     h_max = tf.cast(h - 1, tf.float32)
-    # Bound far-away targets before the int cast; their corners are all outside.
+    # Bound far-away (and non-finite) targets before the int cast; their corners are
+    # all outside, so they splat nothing.
+    pos = tf.where(tf.math.is_finite(pos), pos, -2.0)
     x = tf.clip_by_value(pos[..., 0], -2.0, w_max + 2.0)
     y = tf.clip_by_value(pos[..., 1], -2.0, h_max + 2.0)
     x0 = tf.floor(x)

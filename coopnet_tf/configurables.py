@@ -1,0 +1,80 @@
+"""gin registrations and small factories at the edges of the library.
+
+Importing this module registers every configurable a config file may name:
+
+* ``build_depth_net``, ``build_pose_net``, ``build_flow_net`` (`coopnet_tf.models`);
+* ``make_dataset`` (`coopnet_tf.data.pipeline`);
+* ``ensure_synthetic_dataset`` (external: `coopnet_tf.data.synthetic`, generates the
+  synthetic world once and returns its directory);
+* ``make_apportionment`` — the apportionment strategy (``baseline``, ``glnet_min``,
+  ``coopnet``) and its options, e.g. ``make_apportionment.name = 'glnet_min'``,
+  ``make_apportionment.use_flow_prior = False``, ``make_apportionment.flow_weighting =
+  'eq11'``;
+* ``loss_weights`` — THE table of auxiliary loss weights (λ_gc, λ_fb, λ_s, λ_ep, λ_var);
+* ``make_optimizer``, ``make_learning_rate_schedule`` (`coopnet_tf.training.optimizers`);
+* ``make_distribution_strategy`` (`coopnet_tf.training.distribution`).
+
+The math (geometry, losses, apportionment classes, the step) stays gin-free.
+"""
+import inspect
+
+import gin
+from absl import logging
+
+from coopnet_tf import models  # noqa: F401  (registers build_*_net)
+from coopnet_tf.data import pipeline  # noqa: F401  (registers make_dataset)
+from coopnet_tf.data import synthetic
+from coopnet_tf.losses import apportion
+from coopnet_tf.training import distribution, optimizers  # noqa: F401
+from coopnet_tf.training.step import LossWeights, StepOptions
+
+ensure_synthetic_dataset = gin.external_configurable(
+    synthetic.ensure_synthetic_dataset, name="ensure_synthetic_dataset")
+make_distribution_strategy = gin.external_configurable(
+    distribution.make_distribution_strategy, name="make_distribution_strategy")
+
+
+@gin.configurable
+def make_apportionment(name: str = "coopnet", **options) -> apportion.ApportionmentStrategy:
+    """The pixel-apportionment strategy (Table 4's "photometric" column).
+
+    Args:
+      name: "baseline" (row 1: all pixels), "glnet_min" (row 2 / last row: GLNet's
+        Ψ = min(Φ_D, Φ_F)) or "coopnet" (rows 3+).
+      **options: the strategy's constructor arguments (`apportion.CoopNetStrategy`:
+        use_flow_prior, eta, zeta, tail_probability, flow_weighting, sample_size, seed,
+        jit_compile, delta_flow_eps). gin may bind any of them.
+
+    Options the chosen strategy does not take (e.g. ``eta`` bound in base.gin while an
+    ablation config selects ``baseline``) are dropped with a log line, so a config can
+    switch the strategy with one binding.
+
+    Call inside `strategy.scope()` (coopnet creates its P² layer's variables).
+    """
+    cls = apportion.STRATEGIES.get(name)
+    if cls is not None:
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        dropped = sorted(k for k in options if k not in accepted)
+        if dropped:
+            logging.info("make_apportionment(%r): ignoring options %s", name, dropped)
+        options = {k: v for k, v in options.items() if k in accepted}
+    return apportion.make_strategy(name, **options)
+
+
+@gin.configurable
+def loss_weights(lambda_gc: float = 1e-3, lambda_fb: float = 1e-3, lambda_s: float = 1e-2,
+                 lambda_ep: float = 1e-3, lambda_var: float = 1e-6) -> LossWeights:
+    """The auxiliary loss weights of Eq. 15 (paper Sec. 4.4); 0 switches a term off."""
+    return LossWeights(gc=lambda_gc, fb=lambda_fb, smooth=lambda_s, ep=lambda_ep,
+                       var=lambda_var)
+
+
+@gin.configurable
+def step_options(num_scales: int = 4, min_depth: float = 0.1, max_depth: float = 100.0,
+                 rotation_mode: str = "axis_angle", occlusion_threshold: float = 0.2,
+                 gradient_clip_norm=None, gc_all_scales: bool = False) -> StepOptions:
+    """Static options of the train step other than XLA and the seed (which
+    `train_and_evaluate` sets)."""
+    return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
+                       rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
+                       gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales)

@@ -1,0 +1,258 @@
+r"""Exports trained networks as TF-Serving SavedModels.
+
+    python -m coopnet_tf.export --model_dir=runs/synthetic --export_dir=exports/synthetic \
+        [--version=N] [--checkpoint=latest|best|PATH] [--height=H --width=W] \
+        [--models=depth,pose,flow]
+
+writes ``<export_dir>/<name>/<version>/`` (the layout TF Serving's model server watches)
+for ``name`` in ``depth``, ``pose``, ``flow``, each with one ``serving_default`` signature
+(names from `coopnet_tf.specs`):
+
+| model | inputs (float32, [0, 1]) | outputs |
+|---|---|---|
+| depth | ``image [B, H, W, 3]`` | ``depth [B, H, W, 1]`` (m, up to scale), ``disparity [B, H, W, 1]`` (scaled, 1/depth) |
+| pose  | ``image_a``, ``image_b`` ``[B, H, W, 3]`` (temporal order) | ``pose_vector [B, 6]`` (axis-angle, translation), ``transform [B, 4, 4]`` (T_a->b) |
+| flow  | ``image_a``, ``image_b`` ``[B, H, W, 3]`` | ``flow [B, H, W, 2]`` (pixels, a -> b, channel 0 = x) |
+
+H, W default to the training resolution. The architecture is read from the operative gin
+config the training loop wrote into ``model_dir``; the weights from the latest checkpoint
+(``--checkpoint=best`` for the best-by-validation one). The version defaults to the
+checkpoint's global step.
+
+A residual flow network (``build_flow_net.residual = True``) needs depth, pose and the
+intrinsics to build its rigid input; its export adds an ``intrinsics [B, 3, 3]`` input.
+"""
+import os
+import pathlib
+from typing import Dict, Optional, Sequence
+
+import tensorflow as tf
+
+from coopnet_tf import specs
+
+OPERATIVE_CONFIG = "operative_config.gin"
+CHECKPOINT_SUBDIR = "checkpoints"
+BEST_SUBDIR = "best"
+
+
+# ------------------------------------------------------------------ serving modules ---
+
+class DepthServing(tf.Module):
+    """``image [B, H, W, 3]`` -> ``{"depth", "disparity"}`` (scale-0 output)."""
+
+    def __init__(self, depth_net, height: int, width: int,
+                 min_depth: float = specs.MIN_DEPTH, max_depth: float = specs.MAX_DEPTH):
+        super().__init__(name="depth_serving")
+        self.depth_net = depth_net
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, height, width, 3], tf.float32, name="image")])
+
+    def _serve(self, image):
+        from coopnet_tf.models import disp_to_depth  # pylint: disable=import-outside-toplevel
+        sigmoid = self.depth_net(image, training=False)[0]
+        disparity, depth = disp_to_depth(tf.cast(sigmoid, tf.float32), self.min_depth,
+                                         self.max_depth)
+        return {"depth": depth, "disparity": disparity}
+
+
+class PoseServing(tf.Module):
+    """``image_a, image_b`` -> ``{"pose_vector" [B, 6], "transform" [B, 4, 4]}`` (T_a->b)."""
+
+    def __init__(self, pose_net, height: int, width: int, rotation_mode: str = "axis_angle"):
+        super().__init__(name="pose_serving")
+        self.pose_net = pose_net
+        self.rotation_mode = rotation_mode
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec.from_spec(spec, name="image_a"),
+            tf.TensorSpec.from_spec(spec, name="image_b")])
+
+    def _serve(self, image_a, image_b):
+        from coopnet_tf import geometry  # pylint: disable=import-outside-toplevel
+        vec = tf.cast(self.pose_net(tf.concat([image_a, image_b], -1), training=False),
+                      tf.float32)
+        return {"pose_vector": vec,
+                "transform": geometry.pose_vector_to_matrix(vec, self.rotation_mode)}
+
+
+class FlowServing(tf.Module):
+    """``image_a, image_b`` -> ``{"flow" [B, H, W, 2]}`` (a -> b, scale 0, pixels)."""
+
+    def __init__(self, flow_net, height: int, width: int, depth_net=None, pose_net=None,
+                 rotation_mode: str = "axis_angle"):
+        super().__init__(name="flow_serving")
+        self.flow_net = flow_net
+        self.residual = len(flow_net.inputs) > 1
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+        signature = [tf.TensorSpec.from_spec(spec, name="image_a"),
+                     tf.TensorSpec.from_spec(spec, name="image_b")]
+        if self.residual:
+            if depth_net is None or pose_net is None:
+                raise ValueError("a residual flow network needs the depth and pose networks")
+            self.depth_net, self.pose_net = depth_net, pose_net
+            self.rotation_mode = rotation_mode
+            signature.append(tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics"))
+            self.serve = tf.function(self._serve_residual, input_signature=signature)
+        else:
+            self.serve = tf.function(self._serve, input_signature=signature)
+
+    def _serve(self, image_a, image_b):
+        flow = self.flow_net(tf.concat([image_a, image_b], -1), training=False)[0]
+        return {"flow": tf.cast(flow, tf.float32)}
+
+    def _serve_residual(self, image_a, image_b, intrinsics):
+        from coopnet_tf import geometry  # pylint: disable=import-outside-toplevel
+        from coopnet_tf.models import disp_to_depth  # pylint: disable=import-outside-toplevel
+        from coopnet_tf.training import step as step_lib  # pylint: disable=import-outside-toplevel
+        _, depth = disp_to_depth(tf.cast(self.depth_net(image_a, training=False)[0], tf.float32))
+        vec = self.pose_net(tf.concat([image_a, image_b], -1), training=False)
+        transform = geometry.pose_vector_to_matrix(tf.cast(vec, tf.float32), self.rotation_mode)
+        rigid = step_lib.residual_flow_input(image_a, image_b, depth, transform, intrinsics)
+        flow = self.flow_net([tf.concat([image_a, image_b], -1), rigid], training=False)[0]
+        return {"flow": tf.cast(flow, tf.float32)}
+
+
+def save_serving_module(module: tf.Module, path: str) -> str:
+    """Saves ``module`` with its ``serve`` function as ``serving_default`` at ``path``."""
+    tf.io.gfile.makedirs(os.path.dirname(path.rstrip("/")) or ".")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    return path
+
+
+def export_models(export_dir: str, version: int, height: int, width: int, depth_net=None,
+                  pose_net=None, flow_net=None, names: Sequence[str] = ("depth", "pose", "flow"),
+                  rotation_mode: str = "axis_angle") -> Dict[str, str]:
+    """Writes the requested SavedModels; returns name -> path.
+
+    Args:
+      export_dir: root; models go to ``<export_dir>/<name>/<version>``.
+      version: positive integer version directory (TF Serving serves the highest).
+      height, width: serving input size (multiples of 32).
+      depth_net, pose_net, flow_net: Keras models (restored).
+      names: subset of ``specs.EXPORT_DEPTH/POSE/FLOW``.
+      rotation_mode: pose parametrisation used in training.
+    """
+    paths = {}
+    for name in names:
+        path = os.path.join(export_dir, name, str(int(version)))
+        if name == specs.EXPORT_DEPTH:
+            module = DepthServing(depth_net, height, width)
+        elif name == specs.EXPORT_POSE:
+            module = PoseServing(pose_net, height, width, rotation_mode)
+        elif name == specs.EXPORT_FLOW:
+            module = FlowServing(flow_net, height, width, depth_net, pose_net, rotation_mode)
+        else:
+            raise ValueError(f"unknown model {name!r}; expected depth, pose or flow")
+        paths[name] = save_serving_module(module, path)
+    return paths
+
+
+# ------------------------------------------------------------- restore from a run ---
+
+def find_checkpoint(model_dir: str, which: str = "latest") -> str:
+    """Checkpoint path in a training ``model_dir``: ``latest``, ``best`` or an explicit path."""
+    if which not in ("latest", "best"):
+        return which
+    sub = CHECKPOINT_SUBDIR if which == "latest" else BEST_SUBDIR
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
+    if path is None:
+        raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(model_dir, sub)}")
+    return path
+
+
+def load_run_config(model_dir: str, extra_bindings: Sequence[str] = ()) -> None:
+    """Parses ``<model_dir>/operative_config.gin`` (architecture + resolution of the run)."""
+    import gin  # pylint: disable=import-outside-toplevel
+
+    from coopnet_tf import configurables  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from coopnet_tf.training import loop  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+    path = os.path.join(model_dir, OPERATIVE_CONFIG)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: model_dir must be a directory written by coopnet_tf.train")
+    gin.clear_config()
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    gin.parse_config(text, skip_unknown=True)
+    if extra_bindings:
+        gin.parse_config(list(extra_bindings), skip_unknown=True)
+
+
+def _query(name: str, default):
+    import gin  # pylint: disable=import-outside-toplevel
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return default
+
+
+def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optional[int] = None,
+                     width: Optional[int] = None):
+    """Builds the run's three networks from its operative config and restores them.
+
+    Returns:
+      (depth_net, pose_net, flow_net, info) with info = dict(height, width, step,
+      checkpoint, rotation_mode).
+    """
+    from coopnet_tf import models  # pylint: disable=import-outside-toplevel
+
+    load_run_config(model_dir)
+    height = int(height or _query("train_and_evaluate.height", 128))
+    width = int(width or _query("train_and_evaluate.width", 416))
+    rotation_mode = _query("step_options.rotation_mode", "axis_angle")
+    path = find_checkpoint(model_dir, checkpoint)
+    depth_net = models.build_depth_net(height=height, width=width)
+    pose_net = models.build_pose_net(height=height, width=width)
+    flow_net = models.build_flow_net(height=height, width=width)
+    step = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(depth_net=depth_net, pose_net=pose_net, flow_net=flow_net,
+                               step=step)
+    ckpt.restore(path).expect_partial()
+    info = dict(height=height, width=width, step=int(step.numpy()), checkpoint=path,
+                rotation_mode=rotation_mode)
+    return depth_net, pose_net, flow_net, info
+
+
+def export_from_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,
+                          checkpoint: str = "latest", height: Optional[int] = None,
+                          width: Optional[int] = None,
+                          names: Sequence[str] = ("depth", "pose", "flow")) -> Dict[str, str]:
+    """Restores a training run and exports its networks (see module docstring)."""
+    depth_net, pose_net, flow_net, info = restore_networks(model_dir, checkpoint, height, width)
+    if version is None:
+        version = max(info["step"], 1)
+    return export_models(export_dir, version, info["height"], info["width"], depth_net,
+                         pose_net, flow_net, names, info["rotation_mode"])
+
+
+def main(argv):
+    from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+    del argv
+    flags_ = flags.FLAGS
+    paths = export_from_model_dir(
+        flags_.model_dir, flags_.export_dir, flags_.version, flags_.checkpoint,
+        flags_.height, flags_.width, [n.strip() for n in flags_.models.split(",") if n.strip()])
+    for name, path in paths.items():
+        logging.info("exported %s -> %s", name, path)
+        print(f"{name}: {pathlib.Path(path)}")
+
+
+def _define_flags():
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_string("model_dir", None, "training directory (checkpoints + operative config)")
+    flags.DEFINE_string("export_dir", None, "root of the SavedModels: <export_dir>/<name>/<version>")
+    flags.DEFINE_integer("version", None, "version directory (default: the checkpoint's step)")
+    flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a checkpoint path")
+    flags.DEFINE_integer("height", None, "serving input height (default: training height)")
+    flags.DEFINE_integer("width", None, "serving input width (default: training width)")
+    flags.DEFINE_string("models", "depth,pose,flow", "comma-separated subset to export")
+    flags.mark_flags_as_required(["model_dir", "export_dir"])
+
+
+if __name__ == "__main__":
+    from absl import app  # pylint: disable=ungrouped-imports
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _define_flags()
+    app.run(main)
