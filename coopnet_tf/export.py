@@ -207,8 +207,9 @@ def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optiona
     pose_net = models.build_pose_net(height=height, width=width)
     flow_net = models.build_flow_net(height=height, width=width)
     step = tf.Variable(0, dtype=tf.int64)
+    # same object names as the training loop's checkpoint (training/loop.py)
     ckpt = tf.train.Checkpoint(depth_net=depth_net, pose_net=pose_net, flow_net=flow_net,
-                               step=step)
+                               global_step=step)
     ckpt.restore(path).expect_partial()
     info = dict(height=height, width=width, step=int(step.numpy()), checkpoint=path,
                 rotation_mode=rotation_mode)
