@@ -31,3 +31,15 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (set COOPNET_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_gin_config():
+    """Every test starts and ends with an empty gin config: bindings parsed by one test
+    (e.g. a training run's `build_flow_net.num_layers = 18`) must not leak into the next
+    one on the same xdist worker."""
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()
