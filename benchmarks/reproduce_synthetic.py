@@ -92,13 +92,13 @@ class Config:
     output_dir: str = "benchmarks/results"
     model_root: Optional[str] = None          # default <output_dir>/runs
     methods: Sequence[str] = tuple(METHODS)
-    seeds: Sequence[int] = (0,)
+    seeds: Sequence[int] = (0, 1)
     height: int = 64
     width: int = 192
-    num_epochs: int = 4
-    steps_per_epoch: int = 50
-    burn_in_epochs: int = 2
-    lr_boundary_epoch: int = 3
+    num_epochs: int = 5
+    steps_per_epoch: int = 90
+    burn_in_epochs: int = 3
+    lr_boundary_epoch: int = 4
     batch_size: int = 4
     share_burn_in: bool = True
     # the world: synthetic.gin's sizes, more objects, 3/4 of them moving (~10 % of pixels)
@@ -276,7 +276,7 @@ def _build_eval(model_dir: str, eager: bool = False):
 
     keras.backend.clear_session()
     depth_net, pose_net, flow_net, info = export.restore_networks(model_dir)
-    q = export._query  # pylint: disable=protected-access
+    q = export.query_config
     options = StepOptions(min_depth=float(q("step_options.min_depth", 0.1)),
                           max_depth=float(q("step_options.max_depth", 100.0)),
                           rotation_mode=info["rotation_mode"],
@@ -298,7 +298,7 @@ def _build_eval(model_dir: str, eager: bool = False):
                          weights=LossWeights(gc=0.0, fb=0.0, smooth=0.0, ep=0.0, var=0.0),
                          options=options)
     phase = Phase(burn_in=True, update_quantiles=False)
-    forward = lambda batch: step._forward(batch, phase, False)  # noqa: E731  pylint: disable=protected-access
+    forward = lambda batch: step.forward(batch, phase, False)  # noqa: E731
     if not eager:
         forward = tf.function(forward)
     return forward, frozen, info, (eta, zeta)
@@ -600,7 +600,7 @@ def tables_markdown(summary, methods, seeds) -> str:
 def plot_delta_density(path: str, samples_by_method: Dict[str, Dict[str, np.ndarray]],
                        quantiles_by_method: Dict[str, Optional[Dict]], title: str = "") -> str:
     from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
-    plt = plots._pyplot()  # pylint: disable=protected-access
+    plt = plots.pyplot()
     methods = list(samples_by_method)
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
     all_vals = np.concatenate([s["all"] for s in samples_by_method.values() if len(s["all"])])

@@ -72,9 +72,11 @@ def loss_weights(lambda_gc: float = 1e-3, lambda_fb: float = 1e-3, lambda_s: flo
 @gin.configurable
 def step_options(num_scales: int = 4, min_depth: float = 0.1, max_depth: float = 100.0,
                  rotation_mode: str = "axis_angle", occlusion_threshold: float = 0.2,
-                 gradient_clip_norm=None, gc_all_scales: bool = False) -> StepOptions:
+                 gradient_clip_norm=None, gc_all_scales: bool = False,
+                 burn_in_terms=(), automask: bool = True) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
     `train_and_evaluate` sets)."""
     return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
                        rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
-                       gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales)
+                       gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales,
+                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask))

@@ -180,12 +180,18 @@ def load_run_config(model_dir: str, extra_bindings: Sequence[str] = ()) -> None:
         gin.parse_config(list(extra_bindings), skip_unknown=True)
 
 
-def _query(name: str, default):
+def query_config(name: str, default):
+    """The value bound to ``name`` (``"configurable.parameter"``) in the parsed gin config,
+    with macros (``%HEIGHT``) resolved; ``default`` when nothing is bound."""
     import gin  # pylint: disable=import-outside-toplevel
     try:
-        return gin.query_parameter(name)
+        value = gin.query_parameter(name)
     except ValueError:
         return default
+    while isinstance(value, gin.config.ConfigurableReference) and \
+            value.configurable.name == "macro":
+        value = value.scoped_configurable_fn()
+    return value
 
 
 def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optional[int] = None,
@@ -199,9 +205,9 @@ def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optiona
     from coopnet_tf import models  # pylint: disable=import-outside-toplevel
 
     load_run_config(model_dir)
-    height = int(height or _query("train_and_evaluate.height", 128))
-    width = int(width or _query("train_and_evaluate.width", 416))
-    rotation_mode = _query("step_options.rotation_mode", "axis_angle")
+    height = int(height or query_config("train_and_evaluate.height", 128))
+    width = int(width or query_config("train_and_evaluate.width", 416))
+    rotation_mode = query_config("step_options.rotation_mode", "axis_angle")
     path = find_checkpoint(model_dir, checkpoint)
     depth_net = models.build_depth_net(height=height, width=width)
     pose_net = models.build_pose_net(height=height, width=width)

@@ -131,3 +131,20 @@ def test_predict_writes_pngs(exported, tmp_path):
     assert names == ["frame0_depth.png", "frame0_flow.png", "frame1_depth.png"]
     image = np.asarray(Image.open(tmp_path / "out" / "frame0_depth.png"))
     assert image.shape == (SIZE, SIZE, 3) and image.std() > 0
+
+
+def test_restore_resolves_gin_macros_of_the_run(run_dir, tmp_path):
+    """synthetic.gin binds the resolution through macros (`train_and_evaluate.height =
+    %HEIGHT`); restoring a run without an explicit size must resolve them."""
+    model_dir, nets = run_dir
+    copy = str(tmp_path / "run")
+    shutil.copytree(model_dir, copy)
+    with open(os.path.join(copy, export.OPERATIVE_CONFIG), "a") as f:
+        f.write(f"\nHEIGHT = {SIZE}\nWIDTH = {SIZE}\n"
+                "train_and_evaluate.height = %HEIGHT\ntrain_and_evaluate.width = %WIDTH\n")
+    depth_net, _, _, info = export.restore_networks(copy)
+    assert (info["height"], info["width"], info["step"]) == (SIZE, SIZE, 7)
+    image = np.random.RandomState(0).uniform(size=(1, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(depth_net(image, training=False)[0].numpy(),
+                               nets[0](image, training=False)[0].numpy(), atol=1e-6)
+    gin.clear_config()

@@ -38,18 +38,19 @@ def batch(tiny_dataset):
     return {k: out[k] for k in (specs.KEY_FRAMES, specs.KEY_FRAMES_AUG, specs.KEY_INTRINSICS)}
 
 
-def build_step(strategy_name="coopnet", residual=False, weights=LossWeights()):
+def build_step(strategy_name="coopnet", residual=False, weights=LossWeights(),
+               options=step_lib.StepOptions()):
     """Small networks from the project's factories (ResNet18 encoders, thin decoders)."""
     tf.keras.utils.set_random_seed(1)
     depth = models.build_depth_net(height=SIZE, width=SIZE, decoder_channels=(4, 8, 8, 16, 16))
     pose = models.build_pose_net(height=SIZE, width=SIZE)
     flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=18, residual=residual,
                                  decoder_channels=(4, 8, 8, 16, 16))
-    options = {"sample_size": 256} if strategy_name == "coopnet" else {}
+    strategy_options = {"sample_size": 256} if strategy_name == "coopnet" else {}
     step = CoopTrainStep(depth, pose, flow, tf.keras.optimizers.Adam(1e-4),
                          tf.keras.optimizers.Adam(1e-4),
-                         apportion.make_strategy(strategy_name, **options),
-                         weights=weights, global_batch_size=BATCH)
+                         apportion.make_strategy(strategy_name, **strategy_options),
+                         weights=weights, options=options, global_batch_size=BATCH)
     step.build()
     return step
 
@@ -136,3 +137,29 @@ def test_zero_weight_switches_terms_off(batch):
                            "total_delta"}
     np.testing.assert_allclose(float(losses["total_theta_alpha"]),
                                float(losses["photo_theta_alpha"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("automask", [True, False])
+def test_automask_option_matches_numpy_min_reprojection(batch, automask):
+    """Burn-in L_θ,α = mean over scales of the per-pixel minimum over sources of Φ_D,
+    also over the un-warped Φ(I_t, I_s) with auto-masking (identity terms carry the 1e-5
+    tie-break noise, hence the tolerance); `burn_in_terms` switches L_var on in burn-in."""
+    step = build_step(strategy_name="baseline", options=step_lib.StepOptions(
+        automask=automask, burn_in_terms=("var",)))
+    losses, _, fwd = step.compute_losses(batch, Phase(burn_in=True, update_quantiles=False),
+                                         SEED, training=False)
+    identity = np.min(fwd["phi_identity"].numpy(), axis=1)
+    expected = []
+    for phi in fwd["phi_rigid"]:
+        per_pixel = np.min(phi.numpy(), axis=1)
+        if automask:
+            per_pixel = np.minimum(per_pixel, identity)
+        expected.append(per_pixel.mean())
+    np.testing.assert_allclose(float(losses["photo_theta_alpha"]), np.mean(expected),
+                               rtol=0, atol=1e-4)
+    # the two readings differ on this batch (the check above can tell them apart).
+    plain = np.mean([np.min(p.numpy(), axis=1).mean() for p in fwd["phi_rigid"]])
+    masked = np.mean([np.minimum(np.min(p.numpy(), axis=1), identity).mean()
+                      for p in fwd["phi_rigid"]])
+    assert plain - masked > 1e-3
+    assert "var" in losses and "gc" not in losses

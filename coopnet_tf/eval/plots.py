@@ -9,7 +9,8 @@ import numpy as np
 from coopnet_tf import visualize
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (imported on first use)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -36,7 +37,7 @@ def plot_trajectory(path, gt, pred, title=None, labels=("ground truth", "predict
       gt, pred: [N, 4, 4] (or [N, 3]) poses / positions, already aligned.
       title: figure title.
     """
-    plt = _pyplot()
+    plt = pyplot()
     g = np.asarray(gt)
     p = np.asarray(pred)
     g = g[:, :3, 3] if g.ndim == 3 else g
@@ -66,7 +67,7 @@ def plot_errors_per_length(path, per_length, title=None):
     Args:
       per_length: {length: {"t_err": ..., "r_err": ...}} (as `evaluate_odometry` returns).
     """
-    plt = _pyplot()
+    plt = pyplot()
     per_length = {int(k): v for k, v in per_length.items()}
     lengths = sorted(per_length)
     if not lengths:

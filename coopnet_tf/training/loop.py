@@ -194,8 +194,9 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints ----
     def restore(self) -> Optional[str]:
-        """Restores the latest checkpoint of ``model_dir`` if there is one."""
-        path = self.manager.latest_checkpoint
+        """Restores the latest checkpoint of ``model_dir`` if there is one (every worker
+        restores the chief's checkpoint)."""
+        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_SUBDIR))
         if path:
             self.checkpoint.restore(path).assert_existing_objects_matched()
             logging.info("restored %s (step %d)", path, int(self.global_step.numpy()))
@@ -266,6 +267,9 @@ class Trainer:
         return fn
 
     def diagnostics_fn(self, phase: Phase):
+        """``fn(batch) -> (losses, images, histograms)`` without any update (one trace per
+        burn-in / CoopNet phase)."""
+        phase = Phase(burn_in=phase.burn_in, update_quantiles=False)
         if phase not in self._diag_fns:
             def fn(batch):
                 seed = tf.stack([tf.constant(self.seed, tf.int64), self.global_step.read_value()])
@@ -308,6 +312,25 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v)
             count += 1
         return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+def validation_history(model_dir: str) -> str:
+    """One line from the run's ``eval_<step>.json`` files, e.g. ``abs_rel 0.595 (step 0,
+    untrained) -> 0.504 (90) -> 0.409 (450); best 0.395 (step 360)``; '' when none."""
+    results = []
+    for path in tf.io.gfile.glob(os.path.join(model_dir, "eval_*.json")):
+        with tf.io.gfile.GFile(path) as f:
+            results.append(json.load(f))
+    if not results:
+        return ""
+    key = "abs_rel" if "abs_rel" in results[0] else "val_photo_theta_alpha"
+    results = sorted((r for r in results if key in r), key=lambda r: r["step"])
+    if not results:
+        return ""
+    parts = [f"{r[key]:.3f} ({r['step']}{', ' + r['tag'] if r['step'] == 0 else ''})"
+             for r in results]
+    best = min(results, key=lambda r: r[key])
+    return f"{key} " + " -> ".join(parts) + f"; best {best[key]:.3f} (step {best['step']})"
 
 
 def _scalar_groups(sums: Dict[str, tf.Tensor], num_steps: int):
@@ -526,6 +549,9 @@ def train_and_evaluate(
         writer.flush()
     if chief:
         logging.info("trained %d steps in %.1f s", step, time.time() - start_time)
+        history = validation_history(trainer.write_dir)
+        if history:
+            print("[eval] history: " + history, flush=True)
     metrics = dict(metrics)
     metrics.update(step=step, epoch=step // spe,
                    nonfinite_steps=int(trainer.step.nonfinite_steps.numpy()))

@@ -70,6 +70,8 @@ class StepOptions(NamedTuple):
     occlusion_threshold: float = consistency.OCCLUSION_THRESHOLD
     gradient_clip_norm: Optional[float] = None   # global-norm clipping per optimizer
     gc_all_scales: bool = False  # L_gc at every scale (else scale 0, SC-SfMLearner default)
+    burn_in_terms: Tuple[str, ...] = ()  # of ("gc", "ep", "var"): also on during burn-in
+    automask: bool = True        # Monodepth2 auto-masking (identity terms) in L_θ,α
     jit_compile: bool = False    # XLA-compile the forward (networks, warps, Φ maps, aux)
     seed: int = 0                # per-step randomness: stateless, from (seed, step)
 
@@ -204,8 +206,16 @@ class CoopTrainStep:
             0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._loss_scaling = isinstance(depth_pose_optimizer, keras.optimizers.LossScaleOptimizer)
-        self._forward_fn = (tf.function(self._forward, jit_compile=True, reduce_retracing=True)
-                            if options.jit_compile else self._forward)
+        if self._loss_scaling and options.gradient_clip_norm:
+            raise ValueError("gradient_clip_norm is not supported with loss scaling "
+                             "(mixed_float16): the gradients are clipped while scaled")
+        self._forward_fn = (tf.function(self.forward, jit_compile=True, reduce_retracing=True)
+                            if options.jit_compile else self.forward)
+
+    def _term_on(self, term: str, phase: Phase) -> bool:
+        """L_gc / L_ep / L_var: on after the burn-in, and during it only when listed in
+        `StepOptions.burn_in_terms` (REFERENCE defaults table #11: off)."""
+        return not phase.burn_in or term in self.options.burn_in_terms
 
     # ------------------------------------------------------------- variables ----
     @property
@@ -234,7 +244,7 @@ class CoopTrainStep:
         self.flow_optimizer.build(self.flow_variables)
 
     # --------------------------------------------------------------- forward ----
-    def _forward(self, batch: Dict[str, tf.Tensor], phase: Phase, training: bool = True):
+    def forward(self, batch: Dict[str, tf.Tensor], phase: Phase, training: bool = True):
         """Networks, warps, Φ maps and the mask-independent auxiliary terms.
 
         The per-(scale, source) work is batched: one rigid warp, one flow warp and one
@@ -260,7 +270,7 @@ class CoopTrainStep:
         sources = [frames[:, i] for i in specs.SOURCE_INDICES]
         sources_aug = [frames_aug[:, i] for i in specs.SOURCE_INDICES]
         num_src = len(sources)
-        use_gc = w.gc > 0 and not phase.burn_in
+        use_gc = w.gc > 0 and self._term_on("gc", phase)
         need_source_depth = use_gc or self.residual_flow
         src_stack = tf.concat(sources, 0)                  # [S*B, H, W, 3], source-major
         tgt_rep = tf.concat([target] * num_src, 0)         # [S*B, H, W, 3]
@@ -368,7 +378,7 @@ class CoopTrainStep:
                 tf.concat(d_a, 0), tf.concat(d_b, 0), tf.concat(t_ab, 0),
                 tf.concat([K_rep] * len(d_a), 0))
             out["gc"] = consistency.masked_mean(diff, valid)
-        if w.var > 0 and not phase.burn_in:
+        if w.var > 0 and self._term_on("var", phase):
             out["var"] = consistency.variance_loss(depths[0])
         return out
 
@@ -408,7 +418,8 @@ class CoopTrainStep:
         for scale in range(num_scales):
             scale_seed = tf.random.experimental.stateless_fold_in(seed, scale)
             ld = apportion.rigid_photometric_loss(
-                fwd["phi_rigid"][scale], fwd["phi_identity"], app.rigid_mask,
+                fwd["phi_rigid"][scale], fwd["phi_identity"] if opts.automask else None,
+                app.rigid_mask,
                 app.rigid_normalisation, seed=scale_seed)
             lf = apportion.flow_photometric_loss(fwd["phi_flow"][scale], app.flow_weight)
             photo_d.append(ld)
@@ -441,7 +452,7 @@ class CoopTrainStep:
         if "var" in fwd:
             losses["var"] = fwd["var"]
             total_d = total_d + w.var * fwd["var"]
-        if w.ep > 0 and not phase.burn_in:
+        if w.ep > 0 and self._term_on("ep", phase):
             # L_ep on the pixels of V that are visible (V = all pixels for baseline);
             # L_θ,α sees it with the flow stop-gradient, L_δ with the pose stop-gradient.
             num_src = len(fwd["transforms"])
