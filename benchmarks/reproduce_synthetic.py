@@ -3,8 +3,8 @@ r"""Reproduces CoopNet's central claim on the synthetic world, where the ground 
     python benchmarks/reproduce_synthetic.py                       # the default run (CPU)
     python benchmarks/reproduce_synthetic.py --seeds=0,1,2 --steps_per_epoch=300
 
-Defaults: one seed, 4 epochs x 50 steps at 64x192 (burn-in 2 epochs) — 34 min on the
-2-core CPU with other jobs running (load 3-5); each further seed adds ~20-35 min there.
+Defaults: seeds 0 and 1, 5 epochs x 90 steps at 64x192: a shared burn-in of 3 epochs, then
+2 epochs per method (lr 1e-4, then 1e-5) — see README "What we measured" for the time.
     python benchmarks/reproduce_synthetic.py --eval_only          # re-evaluate trained runs
 
 Trains ``baseline`` (Table 4 row 1), ``glnet_min`` (row 2), ``coopnet`` (V = V_η ∩ V_ζ)
