@@ -5,6 +5,7 @@
   machine. Single-device code is unaffected (it uses the first device).
 * `shared_data` fixture: the real third-party data in ../shared/data; tests that
   need it skip with a message when it is absent (a user's clone has none).
+* `tiny_world`: the square one-sequence synthetic world of the train-step and loop tests.
 """
 import os
 import pathlib
@@ -43,3 +44,14 @@ def _isolated_gin_config():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+def tiny_world(tmp_path_factory, size, frames_per_sequence):
+    """A size x size synthetic world: one training and one validation sequence of
+    `frames_per_sequence` frames, 4 objects, one shard each (seconds to generate)."""
+    from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+    return synthetic.ensure_synthetic_dataset(
+        cache_dir=tmp_path_factory.mktemp("synthetic"), progress=False, height=size,
+        width=size, num_sequences=1, num_val_sequences=1, num_test_sequences=0,
+        frames_per_sequence=frames_per_sequence, num_objects=4, train_shards=1,
+        eval_shards=1)

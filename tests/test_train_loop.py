@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf import train as train_main
 from coopnet_tf.training import loop
 
@@ -34,11 +36,7 @@ def fast_graphs():
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    from coopnet_tf.data import synthetic
-    return synthetic.ensure_synthetic_dataset(
-        cache_dir=tmp_path_factory.mktemp("synthetic"), progress=False, height=SIZE,
-        width=SIZE, num_sequences=1, num_val_sequences=1, num_test_sequences=0,
-        frames_per_sequence=7, num_objects=4, train_shards=1, eval_shards=1)
+    return conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=7)
 
 
 def configure(data_dir, *extra):

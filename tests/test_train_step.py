@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf import models, specs
 from coopnet_tf.losses import apportion
 from coopnet_tf.training import step as step_lib
@@ -21,11 +23,7 @@ SEED = tf.constant([0, 0], tf.int64)
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    from coopnet_tf.data import synthetic
-    return synthetic.ensure_synthetic_dataset(
-        cache_dir=tmp_path_factory.mktemp("synthetic"), progress=False, height=SIZE,
-        width=SIZE, num_sequences=1, num_val_sequences=1, num_test_sequences=0,
-        frames_per_sequence=6, num_objects=4, train_shards=1, eval_shards=1)
+    return conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=6)
 
 
 @pytest.fixture(scope="module")
