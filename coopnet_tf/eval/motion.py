@@ -105,3 +105,20 @@ def evaluate_motion(pred_masks, gt_masks, regions=None, threshold=0.5, pred_is_s
 def car_region(semantic):
     """bool region of KITTI 2015 car pixels (semantic label 26) from a semantic map."""
     return np.asarray(semantic) == KITTI_CAR_LABEL
+
+
+def evaluate_mask_sets(pred_sets, gt_masks, regions=None, threshold=0.5, pred_is_static=True):
+    """`evaluate_motion` for several predictions of the same images (CC Table 6 rows).
+
+    Args:
+      pred_sets: mapping name -> sequence of N [h, w] masks, e.g. CC's "masknet",
+        "consensus", "joint" or CoopNet's "v" (all 1 = static by default).
+      gt_masks, regions, threshold: as in `evaluate_motion`.
+      pred_is_static: the masks give 1 = static (CC's m, CoopNet's V), so that
+        "moving" is their complement.
+
+    Returns:
+      dict name -> `evaluate_motion` result.
+    """
+    return {name: evaluate_motion(masks, gt_masks, regions, threshold, pred_is_static)
+            for name, masks in pred_sets.items()}

@@ -1,13 +1,19 @@
-"""Depth, pose and flow networks (Keras 3 functional models).
+"""Depth, pose, flow and moderator networks (Keras 3 functional models).
 
 Public API: the gin-configurable factories `build_depth_net`, `build_pose_net`,
-`build_flow_net`, and `disp_to_depth`. Importing this package registers the custom
-layers, which `keras.models.load_model` needs for `.keras` files. Nothing is
-downloaded at import time (or ever).
+`build_flow_net`, `build_moderator_net` (Competitive Collaboration's M_χ), and
+`disp_to_depth`. Importing this package registers the custom layers, which
+`keras.models.load_model` needs for `.keras` files. Nothing is downloaded at import
+time (or ever).
 """
 from coopnet_tf.models.blocks import MIN_SIZE, NUM_SCALES, SIZE_MULTIPLE, check_input_size
 from coopnet_tf.models.depth_net import disp_to_depth
-from coopnet_tf.models.factory import build_depth_net, build_flow_net, build_pose_net
+from coopnet_tf.models.factory import (
+    build_depth_net,
+    build_flow_net,
+    build_moderator_net,
+    build_pose_net,
+)
 from coopnet_tf.models.resnet import (
     build_resnet_encoder,
     load_pretrained_encoder,
@@ -20,6 +26,7 @@ __all__ = [
     "SIZE_MULTIPLE",
     "build_depth_net",
     "build_flow_net",
+    "build_moderator_net",
     "build_pose_net",
     "build_resnet_encoder",
     "check_input_size",

@@ -1,4 +1,4 @@
-"""gin-configurable factories of the three networks (the only gin in coopnet_tf.models).
+"""gin-configurable factories of the networks (the only gin in coopnet_tf.models).
 
 Bind them in a .gin file, e.g. `build_flow_net.residual = True`,
 `build_depth_net.pretrained_weights = "imagenet"`. Arguments passed explicitly by the
@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import gin
 import keras
 
-from coopnet_tf.models import depth_net, flow_net, pose_net, resnet
+from coopnet_tf.models import depth_net, flow_net, moderator_net, pose_net, resnet
 
 PretrainedWeights = Union[None, str, os.PathLike]
 
@@ -111,4 +111,34 @@ def build_flow_net(
                                       flow_scale_factor, head_init_scale, name)
     resnet.maybe_load_pretrained(model, pretrained_weights, num_layers,
                                  image_channels=9 if residual else 6)
+    return model
+
+
+@gin.configurable
+def build_moderator_net(
+    height: Optional[int] = 128,
+    width: Optional[int] = 416,
+    num_layers: int = 18,
+    pretrained_weights: PretrainedWeights = None,
+    decoder_channels: Sequence[int] = depth_net.DECODER_CHANNELS,
+    name: str = "moderator_net",
+) -> keras.Model:
+    """Competitive Collaboration's moderator M_χ (see `moderator_net.build_moderator_model`).
+
+    Args:
+      height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
+      num_layers: ResNet encoder depth: 18 (default), 34 or 50.
+      pretrained_weights: as for `build_depth_net`; conv1 is tiled over the 3 frames
+        and divided by their number.
+      decoder_channels: Monodepth2 decoder widths.
+      name: model name.
+
+    Returns:
+      keras.Model: snippet `[B, H, W, 9]` (t−1, t, t+1) -> 4 sigmoid masks, scale s
+      `[B, H/2^s, W/2^s, 2]`, channel k = P(static) w.r.t. source k (t−1, t+1).
+    """
+    model = moderator_net.build_moderator_model(height, width, num_layers, decoder_channels,
+                                                name=name)
+    resnet.maybe_load_pretrained(model, pretrained_weights, num_layers,
+                                 image_channels=3 * moderator_net.NUM_FRAMES)
     return model
