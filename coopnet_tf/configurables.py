@@ -6,7 +6,7 @@ Importing this module registers every configurable a config file may name:
 * ``make_dataset`` (`coopnet_tf.data.pipeline`);
 * ``ensure_synthetic_dataset`` (external: `coopnet_tf.data.synthetic`, generates the
   synthetic world once and returns its directory);
-* ``make_apportionment`` — the apportionment strategy (``baseline``, ``glnet_min``,
+* ``make_apportionment`` — the apportionment strategy (``baseline``, ``glnet_min``, ``cc``,
   ``coopnet``) and its options, e.g. ``make_apportionment.name = 'glnet_min'``,
   ``make_apportionment.use_flow_prior = False``, ``make_apportionment.flow_weighting =
   'eq11'``;
@@ -24,8 +24,8 @@ from absl import logging
 from coopnet_tf import models  # noqa: F401  (registers build_*_net)
 from coopnet_tf.data import pipeline  # noqa: F401  (registers make_dataset)
 from coopnet_tf.data import synthetic
-from coopnet_tf.losses import apportion
-from coopnet_tf.training import distribution, optimizers  # noqa: F401
+from coopnet_tf.losses import apportion, competitive_strategy
+from coopnet_tf.training import distribution, optimizers
 from coopnet_tf.training.step import LossWeights, StepOptions
 
 ensure_synthetic_dataset = gin.external_configurable(
@@ -40,7 +40,8 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
 
     Args:
       name: "baseline" (row 1: all pixels), "glnet_min" (row 2 / last row: GLNet's
-        Ψ = min(Φ_D, Φ_F)) or "coopnet" (rows 3+).
+        Ψ = min(Φ_D, Φ_F)), "coopnet" (rows 3+) or "competitive_collaboration" (alias
+        "cc": Ranjan et al.'s moderator, `make_competitive_collaboration`).
       **options: the strategy's constructor arguments (`apportion.CoopNetStrategy`:
         use_flow_prior, eta, zeta, tail_probability, flow_weighting, sample_size, seed,
         jit_compile, delta_flow_eps). gin may bind any of them.
@@ -51,6 +52,8 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
 
     Call inside `strategy.scope()` (coopnet creates its P² layer's variables).
     """
+    if name in competitive_strategy.NAMES:
+        return make_competitive_collaboration(**options)
     cls = apportion.STRATEGIES.get(name)
     if cls is not None:
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
@@ -59,6 +62,28 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
             logging.info("make_apportionment(%r): ignoring options %s", name, dropped)
         options = {k: v for k, v in options.items() if k in accepted}
     return apportion.make_strategy(name, **options)
+
+
+def make_competitive_collaboration(**options):
+    """Competitive Collaboration's strategy with its moderator network and optimizer.
+
+    The moderator comes from the gin factory `build_moderator_net` at dynamic input size;
+    its optimizer from `make_optimizer` in the gin scope ``moderator`` (e.g.
+    ``moderator/make_optimizer.learning_rate = 1e-4``). ``options`` are the arguments of
+    `competitive_strategy.CompetitiveCollaborationStrategy` (period, period_unit,
+    flow_threshold, flow_norm, ...); others are dropped with a log line.
+    """
+    cls = competitive_strategy.CompetitiveCollaborationStrategy
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "moderator",
+                                                                   "optimizer"}
+    dropped = sorted(k for k in options if k not in accepted)
+    if dropped:
+        logging.info("make_apportionment('competitive_collaboration'): ignoring options %s",
+                     dropped)
+    moderator = models.build_moderator_net(height=None, width=None)
+    with gin.config_scope("moderator"):
+        optimizer = optimizers.make_optimizer(name="adam_moderator")
+    return cls(moderator, optimizer, **{k: v for k, v in options.items() if k in accepted})
 
 
 @gin.configurable

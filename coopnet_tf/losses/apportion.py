@@ -41,7 +41,7 @@ variables (they are connected only through a stop-gradient); with
 gin-free; the training code wraps ``make_strategy`` with ``gin.external_configurable``.
 Static shapes; XLA-friendly except for the ``all_gather`` of the quantile layer.
 """
-from typing import Any, Dict, Mapping, NamedTuple, Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -57,6 +57,7 @@ DEFAULT_ZETA = 0.25
 DEFAULT_TAIL_PROBABILITY = 0.15
 FLOW_WEIGHTINGS = ("tails", "eq11")
 RIGID_NORMALISATIONS = ("masked", "all")
+TRAINED_GROUPS = ("depth_pose", "flow", "strategy")
 DEFAULT_HISTOGRAM_SIZE = 4096
 
 
@@ -94,6 +95,8 @@ class Apportionment(NamedTuple):
       non-occluded pixels (0 elsewhere; ≡ 1 on them for uniform weighting) — for images.
     stats: name -> scalar float32, for TensorBoard.
     histograms: name -> 1-D float32 tensor of fixed length (Δ, Δflow samples).
+    extras: optional mapping of a strategy's own tensors for its ``auxiliary_losses``
+      (e.g. the moderator's masks, which do carry gradient to the moderator).
     """
     rigid_mask: tf.Tensor
     flow_weight: tf.Tensor
@@ -101,6 +104,7 @@ class Apportionment(NamedTuple):
     flow_pixel_weight: tf.Tensor
     stats: Dict[str, tf.Tensor]
     histograms: Dict[str, tf.Tensor]
+    extras: Optional[Mapping[str, Any]] = None
 
 
 # ------------------------------------------------------------------------ math ----
@@ -381,6 +385,27 @@ class ApportionmentStrategy:
     @property
     def trainable_variables(self):
         return []
+
+    # The strategy's own sub-phases, or None: a plain ``(names, lengths, unit, repeat)``
+    # tuple that the training schedule turns into ``Phase.stage`` (training/schedule.py,
+    # docs/training.md "Phases"); e.g. Competitive Collaboration's alternation.
+    stages = None
+
+    @property
+    def state_variables(self):
+        """Non-trainable state of the strategy's own networks (BatchNorm statistics),
+        restored by the step when it skips a non-finite update."""
+        return []
+
+    @property
+    def optimizer(self):
+        """The optimizer of ``trainable_variables`` (None: the strategy owns no network)."""
+        return None
+
+    def trained_groups(self, stage: str = "") -> Tuple[str, ...]:
+        """Which variable groups a step of sub-phase ``stage`` updates, among
+        ``TRAINED_GROUPS`` ("depth_pose", "flow", "strategy")."""
+        return ("depth_pose", "flow")
 
     def checkpoint_items(self) -> Dict[str, Any]:
         """Trackables to add to the training checkpoint."""

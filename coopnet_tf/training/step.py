@@ -33,6 +33,7 @@ Per replica and step (REFERENCE.md 7.4):
 Nothing here knows the distribution strategy, the step cadence or the directories;
 `training/loop.py` does. The step runs inside `strategy.run` (replica context).
 """
+import contextlib
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import keras
@@ -40,6 +41,7 @@ import tensorflow as tf
 
 from coopnet_tf import geometry, specs
 from coopnet_tf.losses import apportion, consistency, photometric, smoothness
+from coopnet_tf.losses.apportion import TRAINED_GROUPS
 from coopnet_tf.models import disp_to_depth
 
 
@@ -59,6 +61,7 @@ class Phase(NamedTuple):
     """Static (trace-time) switches of the step for the current epoch."""
     burn_in: bool = False            # Monodepth2 / uniform-flow losses, no gc/ep/var
     update_quantiles: bool = True    # feed the P² estimators this epoch
+    stage: str = ""                  # a strategy's own sub-phase (schedule.Stages); "" = none
 
 
 class StepOptions(NamedTuple):
@@ -202,10 +205,15 @@ class CoopTrainStep:
         self.options = options
         self.global_batch_size = global_batch_size
         self.residual_flow = len(flow_net.inputs) > 1
+        self.strategy_optimizer = apportionment.optimizer
         self.nonfinite_steps = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._loss_scaling = isinstance(depth_pose_optimizer, keras.optimizers.LossScaleOptimizer)
+        if self._loss_scaling and apportionment.trainable_variables and not isinstance(
+                self.strategy_optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(f"{apportionment.name}: its optimizer needs loss scaling too "
+                             "under mixed_float16")
         if self._loss_scaling and options.gradient_clip_norm:
             raise ValueError("gradient_clip_norm is not supported with loss scaling "
                              "(mixed_float16): the gradients are clipped while scaled")
@@ -227,6 +235,16 @@ class CoopTrainStep:
         return list(self.flow_net.trainable_variables)
 
     @property
+    def strategy_variables(self) -> List[tf.Variable]:
+        """Variables of the strategy's own networks (CC's moderator; usually none)."""
+        return list(self.apportionment.trainable_variables)
+
+    def _groups(self, phase: Phase) -> Tuple[str, ...]:
+        """The variable groups this phase updates (burn-in: depth+pose and flow)."""
+        strategy = self.burn_in_apportionment if phase.burn_in else self.apportionment
+        return strategy.trained_groups(phase.stage)
+
+    @property
     def statistics_variables(self) -> List[tf.Variable]:
         """State the forward pass updates before the loss is known: BatchNorm moving
         statistics and the P² estimators (restored when a step is skipped)."""
@@ -236,12 +254,15 @@ class CoopTrainStep:
         layer = self.apportionment.quantile_layer
         if layer is not None:
             out.extend(layer.non_trainable_variables)
+        out.extend(self.apportionment.state_variables)
         return out
 
     def build(self) -> None:
         """Creates the optimizers' slots now (call inside `strategy.scope()`)."""
         self.depth_pose_optimizer.build(self.depth_pose_variables)
         self.flow_optimizer.build(self.flow_variables)
+        if self.strategy_variables:
+            self.strategy_optimizer.build(self.strategy_variables)
 
     # --------------------------------------------------------------- forward ----
     def forward(self, batch: Dict[str, tf.Tensor], phase: Phase, training: bool = True):
@@ -402,13 +423,28 @@ class CoopTrainStep:
         """
         w, opts = self.weights, self.options
         inputs_keys = (specs.KEY_FRAMES, specs.KEY_FRAMES_AUG, specs.KEY_INTRINSICS)
-        fwd = self._forward_fn({k: batch[k] for k in inputs_keys if k in batch}, phase, training)
+        groups = self._groups(phase)
+        # Networks that this phase does not train run in inference mode (their BatchNorm
+        # statistics stay put: CC's "R and F fixed" / "M fixed").
+        competitors_train = training and ("depth_pose" in groups or "flow" in groups)
+        fwd = self._forward_fn({k: batch[k] for k in inputs_keys if k in batch}, phase,
+                               competitors_train)
         update = phase.update_quantiles if update_quantiles is None else update_quantiles
         strategy = self.burn_in_apportionment if phase.burn_in else self.apportionment
+        extras = None
+        if strategy.trainable_variables:
+            # a strategy with its own network (CC's moderator) sees the stacked snippet
+            # the networks see, and runs in training mode only when it is being trained.
+            frames_aug = batch.get(specs.KEY_FRAMES_AUG, batch[specs.KEY_FRAMES])
+            extras = {"snippet": tf.concat([tf.cast(frames_aug[:, i], tf.float32)
+                                            for i in range(frames_aug.shape[1])], -1),
+                      "target": fwd["target"],
+                      "training": bool(training and "strategy" in groups)}
         inputs = apportion.ApportionInputs(
             phi_rigid=fwd["phi_rigid"][0], phi_flow=fwd["phi_flow"][0],
             phi_identity=fwd["phi_identity"], rigid_flow=fwd["rigid_flow"],
-            optical_flow=fwd["optical_flow"], non_occluded=fwd["non_occluded"])
+            optical_flow=fwd["optical_flow"], non_occluded=fwd["non_occluded"],
+            extras=extras)
         app = strategy(inputs, use_quantiles=not phase.burn_in,
                        update_quantiles=bool(update and strategy.quantile_layer is not None))
 
@@ -468,6 +504,9 @@ class CoopTrainStep:
             total_f = total_f + w.ep * losses["ep_delta"]
         losses["total_theta_alpha"] = total_d
         losses["total_delta"] = total_f
+        if "strategy" in groups:
+            # the strategy's own objective (CC: the moderator's); must hold total_strategy.
+            losses.update(strategy.auxiliary_losses(inputs, app))
         return losses, app, fwd
 
     # ------------------------------------------------------------------ step ----
@@ -491,28 +530,38 @@ class CoopTrainStep:
         ctx = tf.distribute.get_replica_context()
         replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int64) if ctx else tf.constant(0, tf.int64)
         seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id)
-        dp_vars, f_vars = self.depth_pose_variables, self.flow_variables
+        groups = self._groups(phase)
+        # (variables, optimizer, loss key) of the groups this phase updates: depth+pose and
+        # flow always have a tape; a strategy's own network (CC's moderator) gets a third
+        # tape and its own optimizer (CC: the competitors and the moderator alternate).
+        spec = {"depth_pose": (self.depth_pose_variables, self.depth_pose_optimizer,
+                               "total_theta_alpha"),
+                "flow": (self.flow_variables, self.flow_optimizer, "total_delta"),
+                "strategy": (self.strategy_variables, self.strategy_optimizer,
+                             "total_strategy")}
+        active = [name for name in TRAINED_GROUPS if name in groups and spec[name][0]]
         stats_vars = self.statistics_variables
         saved_stats = [tf.identity(v) for v in _tf_variables(stats_vars)]
         scale = self._replica_scale(batch)
 
-        with tf.GradientTape(watch_accessed_variables=False) as tape_dp, \
-                tf.GradientTape(watch_accessed_variables=False) as tape_f:
-            tape_dp.watch(_tf_variables(dp_vars))
-            tape_f.watch(_tf_variables(f_vars))
+        tapes = {name: tf.GradientTape(watch_accessed_variables=False) for name in active}
+        with contextlib.ExitStack() as stack:
+            for name in active:
+                stack.enter_context(tapes[name]).watch(_tf_variables(spec[name][0]))
             losses, app, _ = self.compute_losses(batch, phase, seed)
-            loss_dp = losses["total_theta_alpha"] * scale
-            loss_f = losses["total_delta"] * scale
-            if self._loss_scaling:
-                loss_dp = self.depth_pose_optimizer.scale_loss(loss_dp)
-                loss_f = self.flow_optimizer.scale_loss(loss_f)
-        grads_dp = tape_dp.gradient(loss_dp, _tf_variables(dp_vars))
-        grads_f = tape_f.gradient(loss_f, _tf_variables(f_vars))
+            objectives = {}
+            for name in active:
+                objectives[name] = losses[spec[name][2]] * scale
+                if self._loss_scaling:
+                    objectives[name] = spec[name][1].scale_loss(objectives[name])
+        grads = {name: tapes[name].gradient(objectives[name], _tf_variables(spec[name][0]))
+                 for name in active}
 
         # Non-finite guard (identical decision on every replica).
         checked = list(losses.values())
         if not self._loss_scaling:     # a LossScaleOptimizer handles inf gradients itself
-            checked += list(grads_dp) + list(grads_f)
+            for name in active:
+                checked += list(grads[name])
         bad_local = 1.0 - tf.cast(_all_finite(checked), tf.float32)
         bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad_local) if ctx else bad_local
         ok = bad < 0.5
@@ -521,30 +570,29 @@ class CoopTrainStep:
         # and no control flow crosses a sync point).
         for var, old in zip(stats_vars, saved_stats):
             var.assign(tf.where(ok, tf.convert_to_tensor(var), old))
-        grads_dp = _clip(grads_dp, self.options.gradient_clip_norm)
-        grads_f = _clip(grads_f, self.options.gradient_clip_norm)
+        grads = [_clip(grads[name], self.options.gradient_clip_norm) for name in active]
 
-        def apply_fn(g_dp, g_f):
-            self.depth_pose_optimizer.apply(g_dp, dp_vars)
-            self.flow_optimizer.apply(g_f, f_vars)
+        def apply_fn(*group_grads):
+            for name, g in zip(active, group_grads):
+                spec[name][1].apply(g, spec[name][0])
 
-        def cross_replica(distribution, bad_value, g_dp, g_f):
+        def cross_replica(distribution, bad_value, *group_grads):
             # A cond whose branch calls the optimizers (which merge_call) must be built in
             # cross-replica context (as keras.optimizers.LossScaleOptimizer does).
             skip = distribution.experimental_local_results(bad_value)[0] > 0.5
 
             def do_apply():
-                distribution.extended.call_for_each_replica(apply_fn, args=(g_dp, g_f))
+                distribution.extended.call_for_each_replica(apply_fn, args=tuple(group_grads))
                 return tf.constant(0, tf.int64)
 
             increment = tf.cond(skip, lambda: tf.constant(1, tf.int64), do_apply)
             self.nonfinite_steps.assign_add(increment)
 
         if ctx is not None and not tf.__internal__.distribute.strategy_supports_no_merge_call():
-            ctx.merge_call(cross_replica, args=(bad, grads_dp, grads_f))
+            ctx.merge_call(cross_replica, args=(bad, *grads))
         else:
             def do_apply_local():
-                apply_fn(grads_dp, grads_f)
+                apply_fn(*grads)
                 return tf.constant(0, tf.int64)
             increment = tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64))
             self.nonfinite_steps.assign_add(increment)

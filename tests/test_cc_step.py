@@ -1,0 +1,132 @@
+"""Competitive Collaboration in the train step (64x64 synthetic world, eager).
+
+* competition stage: depth, pose and flow change; the moderator M (weights, BatchNorm
+  statistics, optimizer) does not;
+* collaboration stage: only M changes (the competitors' weights, BatchNorm statistics
+  and optimizers are bit-identical);
+* burn-in ("basic" phase): the baseline apportionment, M untouched;
+* the masks the competitors see are stop-gradient: their objectives give M no gradient.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import conftest
+
+from coopnet_tf import models, specs
+from coopnet_tf.losses import competitive_strategy as cs
+from coopnet_tf.training.step import CoopTrainStep, LossWeights, Phase
+
+SIZE = 64
+BATCH = 2
+SEED = tf.constant([0, 0], tf.int64)
+THIN = (4, 8, 8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    from coopnet_tf.data import pipeline, synthetic
+    world = conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=6)
+    ds = pipeline.make_dataset(synthetic.file_pattern(world, "train"), batch_size=BATCH,
+                               height=SIZE, width=SIZE, training=True, seed=0,
+                               deterministic=True)
+    out = next(iter(ds))
+    return {k: out[k] for k in (specs.KEY_FRAMES, specs.KEY_FRAMES_AUG, specs.KEY_INTRINSICS)}
+
+
+def build_step(**strategy_options):
+    tf.keras.utils.set_random_seed(1)
+    depth = models.build_depth_net(height=SIZE, width=SIZE, decoder_channels=THIN)
+    pose = models.build_pose_net(height=SIZE, width=SIZE)
+    flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=18, decoder_channels=THIN)
+    moderator = models.build_moderator_net(height=None, width=None, decoder_channels=THIN)
+    strategy = cs.CompetitiveCollaborationStrategy(
+        moderator, tf.keras.optimizers.Adam(1e-3), **strategy_options)
+    step = CoopTrainStep(depth, pose, flow, tf.keras.optimizers.Adam(1e-3),
+                         tf.keras.optimizers.Adam(1e-3), strategy,
+                         weights=LossWeights(gc=0.0, ep=0.0, var=0.0), global_batch_size=BATCH)
+    step.build()
+    return step
+
+
+def _state(step):
+    """(competitor state, moderator state): every variable, numpy copies."""
+    comp = []
+    for net in (step.depth_net, step.pose_net, step.flow_net):
+        comp += net.weights
+    comp += step.depth_pose_optimizer.variables + step.flow_optimizer.variables
+    mod = step.apportionment.moderator.weights + step.strategy_optimizer.variables
+    snap = lambda vs: [np.array(v.numpy()) for v in vs]  # noqa: E731
+    return snap(comp), snap(mod)
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _changed_fraction(a, b):
+    return np.mean([not np.array_equal(x, y) for x, y in zip(a, b)])
+
+
+@pytest.fixture(scope="module")
+def step():
+    return build_step()
+
+
+def test_competition_step_leaves_the_moderator_alone(step, batch):
+    comp0, mod0 = _state(step)
+    out = step.train_step(batch, Phase(burn_in=False, stage=cs.COMPETITION), SEED)
+    comp1, mod1 = _state(step)
+    assert float(out["train/nonfinite"]) == 0.0
+    assert _same(mod0, mod1)
+    assert _changed_fraction(comp0, comp1) > 0.5
+    assert "losses/total_strategy" not in out
+
+
+def test_collaboration_step_updates_only_the_moderator(step, batch):
+    comp0, mod0 = _state(step)
+    out = step.train_step(batch, Phase(burn_in=False, stage=cs.COLLABORATION), SEED)
+    comp1, mod1 = _state(step)
+    assert float(out["train/nonfinite"]) == 0.0
+    assert _same(comp0, comp1)
+    assert _changed_fraction(mod0, mod1) > 0.5
+    for key in ("cc_rigid", "cc_flow", "cc_mask", "cc_consensus", "cc_smooth",
+                "total_strategy"):
+        assert np.isfinite(float(out[f"losses/{key}"])), key
+
+
+def test_burn_in_is_the_basic_phase(step, batch):
+    comp0, mod0 = _state(step)
+    losses, app, _ = step.compute_losses(batch, Phase(burn_in=True, stage=cs.COLLABORATION),
+                                         SEED)
+    assert app.extras is None and "total_strategy" not in losses   # baseline apportionment
+    step.train_step(batch, Phase(burn_in=True, stage=cs.COLLABORATION), SEED)
+    comp1, mod1 = _state(step)
+    assert _same(mod0, mod1) and _changed_fraction(comp0, comp1) > 0.5
+
+
+def test_competitors_see_stop_gradient_masks(step, batch):
+    mod_vars = [v.value for v in step.apportionment.moderator.trainable_variables]
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        tape.watch(mod_vars)
+        losses, app, _ = step.compute_losses(
+            batch, Phase(burn_in=False, stage=cs.COMPETITION), SEED, training=False)
+    for key in ("total_theta_alpha", "total_delta"):
+        assert all(g is None for g in tape.gradient(losses[key], mod_vars)), key
+    # the apportionment is CC's: soft masks in (0, 1), flow weights on 1 − m
+    m = app.rigid_mask.numpy()
+    assert app.rigid_normalisation == "all" and np.all((m > 0) & (m < 1))
+    np.testing.assert_allclose(
+        app.flow_pixel_weight.numpy(), (1 - m) * step.compute_losses(
+            batch, Phase(burn_in=False, stage=cs.COMPETITION), SEED,
+            training=False)[2]["non_occluded"].numpy(), rtol=1e-6)
+    del tape
+
+
+def test_stages_and_bad_stage():
+    strategy = cs.CompetitiveCollaborationStrategy(None, None, period=3, period_unit="steps")
+    assert strategy.stages == ((cs.COLLABORATION, cs.COMPETITION), (3, 3), "steps", True)
+    with pytest.raises(ValueError, match="unknown stage"):
+        strategy.trained_groups("")
+    with pytest.raises(ValueError, match="period_unit"):
+        cs.CompetitiveCollaborationStrategy(None, None, period_unit="iterations")
