@@ -82,7 +82,12 @@ METHODS = {
                 "make_apportionment.use_flow_prior = True"],
     "coopnet_no_vzeta": ["make_apportionment.name = 'coopnet'",
                          "make_apportionment.use_flow_prior = False"],
+    # Competitive Collaboration (docs/competitive_collaboration.md): after the shared
+    # burn-in (its "basic" phase), collaboration / competition stages of `period` steps
+    # (about a quarter of the remaining steps each, see gin_bindings).
+    "cc": ["make_apportionment.name = 'cc'", "make_apportionment.period_unit = 'steps'"],
 }
+DEFAULT_METHODS = ("baseline", "glnet_min", "coopnet", "coopnet_no_vzeta")   # cc: opt-in
 BURN_IN_METHOD = "coopnet"   # trains the shared burn-in (and estimates the P² quantiles)
 DEPTH_RANGE = (1e-3, 80.0)
 SUBSETS = ("all", "static", "moving")
@@ -92,7 +97,7 @@ SUBSETS = ("all", "static", "moving")
 class Config:
     output_dir: str = "benchmarks/results"
     model_root: Optional[str] = None          # default <output_dir>/runs
-    methods: Sequence[str] = tuple(METHODS)
+    methods: Sequence[str] = DEFAULT_METHODS
     seeds: Sequence[int] = (0,)
     height: int = 64
     width: int = 192
@@ -158,6 +163,13 @@ def gin_bindings(cfg: Config, method: str, seed: int) -> List[str]:
         f"make_learning_rate_schedule.boundary_epochs = ({cfg.lr_boundary_epoch},)",
     ]
     b += METHODS[method]
+    if method == "cc":
+        # half the post-burn-in steps per stage pair, so that the cycle (counted from step
+        # 0) starts with a collaboration right after the burn-in when burn_in % 2P == 0
+        post = max(4, (cfg.num_epochs - cfg.burn_in_epochs) * cfg.steps_per_epoch)
+        burn = cfg.burn_in_epochs * cfg.steps_per_epoch
+        period = next((p for p in range(post // 4, 0, -1) if burn % (2 * p) == 0), post // 4)
+        b.append(f"make_apportionment.period = {period}")
     b += list(cfg.extra_bindings)
     return b
 
@@ -300,6 +312,17 @@ def _build_eval(model_dir: str, eager: bool = False):
                          options=options)
     phase = Phase(burn_in=True, update_quantiles=False)
     forward = lambda batch: step.forward(batch, phase, False)  # noqa: E731
+    moderator = None
+    names = {n.split("/")[0] for n, _ in tf.train.list_variables(info["checkpoint"])}
+    if "moderator_net" in names:   # a Competitive Collaboration run: its moderator M
+        from coopnet_tf import models  # pylint: disable=import-outside-toplevel
+        moderator = models.build_moderator_net(height=None, width=None)
+        tf.train.Checkpoint(moderator_net=moderator).restore(
+            info["checkpoint"]).expect_partial()
+        info["flow_threshold"] = float(q("make_apportionment.flow_threshold", 1e-3))
+        info["moderator"] = lambda x: moderator(x, training=False)[0]  # noqa: E731
+        if not eager:
+            info["moderator"] = tf.function(info["moderator"])
     if not eager:
         forward = tf.function(forward)
     return forward, frozen, info, (eta, zeta)
@@ -317,7 +340,7 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
                                training=False, with_ground_truth=True, deterministic=True)
     keys = ("depth", "transforms", "flow", "delta", "dflow", "non_occ", "gt_depth",
             "gt_pose", "gt_flow", "moving", "seq", "frame")
-    out = {k: [] for k in keys}
+    out = {k: [] for k in keys}   # (+ cc_* masks for a CC run)
     seen = 0
     for batch in ds:
         fwd = forward({k: v for k, v in batch.items()
@@ -336,6 +359,17 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
         out["moving"].append(batch[specs.KEY_GT_MOVING].numpy()[..., 0] > 0.5)
         out["seq"].append(batch[specs.KEY_SEQUENCE_ID].numpy())
         out["frame"].append(batch[specs.KEY_FRAME_ID].numpy())
+        if "moderator" in info:   # CC Table 6's masks w.r.t. t+1 (1 = static)
+            from coopnet_tf.losses import competitive, competitive_strategy  # pylint: disable=import-outside-toplevel
+            m = info["moderator"](competitive_strategy.snippet(batch[specs.KEY_FRAMES]))
+            nu, u = fwd["rigid_flow"][:, 1], fwd["optical_flow"][:, 1]
+            masks = competitive.inference_masks(m[..., 1:2], m[..., 0:1], nu, u,
+                                                info["flow_threshold"])
+            masks["joint_authors"] = competitive.inference_masks(
+                m[..., 1:2], m[..., 0:1], nu, u, relative=competitive.AUTHORS_RELATIVE_CONSENSUS,
+                combination="union")["joint"]
+            for key, value in masks.items():
+                out.setdefault(f"cc_{key}", []).append(value.numpy()[..., 0])
         seen += int(batch[specs.KEY_FRAMES].shape[0])
         if max_snippets and seen >= max_snippets:
             break
@@ -467,6 +501,31 @@ def v_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
     return result
 
 
+def motion_iou_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
+    """CC Table 6's IoU (static / moving / mean, every pixel) against the exact moving
+    masks of the t+1 source: CC's MaskNet / Consensus / Joint masks (CC runs) and
+    CoopNet's V as a moving detector (complement of V; test-set quantiles for every
+    method, the run's frozen quantiles for coopnet runs), all by the same function."""
+    from coopnet_tf.eval import motion  # pylint: disable=import-outside-toplevel
+    eta, zeta = eta_zeta
+    delta, dflow, dom = arr["delta"][:, 1], arr["dflow"][:, 1], arr["non_occ"]
+    use_prior = method != "coopnet_no_vzeta"
+    qe = np.quantile(delta[dom[:, 1]], [0.5 - eta, 0.5 + eta])
+    qx = np.quantile(dflow[..., 0][dom[:, 1]], [0.5 - zeta, 0.5 + zeta])
+    qy = np.quantile(dflow[..., 1][dom[:, 1]], [0.5 - zeta, 0.5 + zeta])
+    sets = {"V_testq": compute_v(delta, dflow, qe, qx, qy, use_prior)}
+    if frozen is not None and method.startswith("coopnet"):
+        sets["V_frozen"] = compute_v(delta, dflow, frozen["eta"], frozen["zeta_x"],
+                                     frozen["zeta_y"], use_prior)
+    for key in ("masknet", "consensus", "joint", "joint_authors"):
+        if f"cc_{key}" in arr:
+            sets[key] = arr[f"cc_{key}"]
+    sets = {k: list(v.astype(np.float32)) for k, v in sets.items()}
+    result = motion.evaluate_mask_sets(sets, list(arr["moving"][:, 1]))
+    return {k: {m: v[m] for m in ("iou_mean", "iou_static", "iou_moving")}
+            for k, v in result.items()}
+
+
 def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
     arr, frozen, eta_zeta, _ = collect_predictions(model_dir, test_pattern, cfg.height,
                                                    cfg.width, cfg.max_test_snippets,
@@ -477,6 +536,7 @@ def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
         "pose": pose_metrics(arr["transforms"], arr["gt_pose"], arr["seq"], arr["frame"]),
         "flow": flow_metrics(arr["flow"], arr["gt_flow"], arr["moving"]),
         "v": v_metrics(arr, frozen, eta_zeta, method),
+        "motion_iou": motion_iou_metrics(arr, frozen, eta_zeta, method),
         "test_snippets": int(len(arr["depth"])),
         "moving_pixel_fraction": float(moving_any.mean()),
     }
@@ -531,6 +591,13 @@ V_METRICS = [
     ("mean Δ static", ("v", "delta_stats", "mean_static")),
     ("mean Δ moving", ("v", "delta_stats", "mean_moving")),
 ]
+MOTION_METRICS = [
+    (f"{name}: IoU {cls}", ("motion_iou", key, f"iou_{cls}"))
+    for key, name in (("V_testq", "not-V test-q"), ("V_frozen", "not-V frozen"),
+                      ("masknet", "CC MaskNet"), ("consensus", "CC Consensus"),
+                      ("joint", "CC Joint"), ("joint_authors", "CC Joint (authors' eval)"))
+    for cls in ("moving", "mean")
+]
 
 
 def _get(d, path):
@@ -547,7 +614,7 @@ def summarise(per_run: Dict[str, Dict], methods, seeds) -> Dict[str, Dict]:
         runs = [per_run.get(f"{method}/seed{s}") for s in seeds]
         runs = [r for r in runs if r is not None]
         summary[method] = {name: common.mean_spread(_get(r, path) for r in runs)
-                           for name, path in TABLE_METRICS + V_METRICS}
+                           for name, path in TABLE_METRICS + V_METRICS + MOTION_METRICS}
     # paired differences against coopnet on the moving-pixel depth error
     paired = {}
     for other in ("baseline", "glnet_min"):
@@ -587,6 +654,17 @@ def tables_markdown(summary, methods, seeds) -> str:
         ["method"] + [n for n, _ in V_METRICS],
         [[m] + [common.fmt_mean_spread(summary[m][n]) for n, _ in V_METRICS]
          for m in methods if V_METRICS[0][0] in summary[m]]))
+    motion_rows = [n for n, _ in MOTION_METRICS
+                   if any(summary[m].get(n, {}).get("mean") is not None for m in methods
+                          if n in summary[m])]
+    if motion_rows:
+        parts.append("\n\nMotion segmentation as CC Table 6 (IoU per class, pooled over the "
+                     "test pixels, against the exact moving masks w.r.t. t+1): CoopNet's V "
+                     "complement as a moving detector and CC's three masks (CC runs).\n\n")
+        parts.append(common.markdown_table(
+            ["method"] + motion_rows,
+            [[m] + [common.fmt_mean_spread(summary[m][n]) for n in motion_rows]
+             for m in methods if motion_rows[0] in summary[m]]))
     paired = summary.get("_paired", {})
     if paired:
         parts.append("\n\nPaired differences (coopnet − other, per seed; negative = coopnet "

@@ -33,6 +33,9 @@ IMAGE_KINDS = {
     "non_occluded": "mask",
     "automask": "mask",
     "flow_weight": "heat",
+    "moderator_mask": "mask",    # CC's m_s (1 = static)
+    "consensus_target": "mask",  # CC Eq. 12's label
+    "gt_moving_mask": "mask",    # synthetic world: exact moving mask
 }
 
 

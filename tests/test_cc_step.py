@@ -130,3 +130,19 @@ def test_stages_and_bad_stage():
         strategy.trained_groups("")
     with pytest.raises(ValueError, match="period_unit"):
         cs.CompetitiveCollaborationStrategy(None, None, period_unit="iterations")
+
+
+def test_cc_gin_builds_the_strategy():
+    import gin
+    from coopnet_tf import configurables, train
+    train.parse_gin(["cc.gin"], [])
+    strategy = configurables.make_apportionment()
+    assert isinstance(strategy, cs.CompetitiveCollaborationStrategy)
+    assert strategy.stages == ((cs.COLLABORATION, cs.COMPETITION), (5, 5), "epochs", True)
+    assert strategy.flow_threshold == 0.001
+    assert strategy.moderator.get_layer("encoder").get_layer("conv1").kernel.shape[2] == 9
+    assert float(strategy.optimizer.learning_rate) == pytest.approx(1e-4)
+    assert gin.query_parameter("train_and_evaluate.burn_in_epochs") % (2 * strategy.period) == 0
+    gin.clear_config()
+    gin.parse_config("make_apportionment.name = 'cc'")
+    assert isinstance(configurables.make_apportionment(), cs.CompetitiveCollaborationStrategy)

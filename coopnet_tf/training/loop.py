@@ -85,6 +85,23 @@ def phase_of_epoch(epoch: int, burn_in_epochs: int, estimation_epochs: int = 1) 
     return Phase(burn_in=not use_quantiles, update_quantiles=bool(update))
 
 
+def stage_at(stages, step: int, steps_per_epoch: int):
+    """(stage name, first step of the next stage or None) of a strategy's ``stages``
+    ``(names, lengths, unit, repeat)`` at global ``step``; ("", None) without stages.
+    A pure function of the global step, so a resumed run continues in its stage."""
+    if not stages:
+        return "", None
+    names, lengths, unit, repeat = stages
+    per = int(steps_per_epoch) if unit == "epochs" else 1
+    total = sum(lengths) * per
+    start = (step // total) * total if repeat else 0
+    for name, length in zip(names, lengths):
+        if step < start + length * per:
+            return name, start + length * per
+        start += length * per
+    return names[-1], None
+
+
 def _write_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
     """model_dir on the chief; a per-worker temporary directory elsewhere (MWMS)."""
     if distribution_lib.is_chief(strategy):
@@ -269,7 +286,7 @@ class Trainer:
     def diagnostics_fn(self, phase: Phase):
         """``fn(batch) -> (losses, images, histograms)`` without any update (one trace per
         burn-in / CoopNet phase)."""
-        phase = Phase(burn_in=phase.burn_in, update_quantiles=False)
+        phase = Phase(burn_in=phase.burn_in, update_quantiles=False, stage=phase.stage)
         if phase not in self._diag_fns:
             def fn(batch):
                 seed = tf.stack([tf.constant(self.seed, tf.int64), self.global_step.read_value()])
@@ -438,7 +455,8 @@ def train_and_evaluate(
     has_gt = bool(val_files) and records_have_ground_truth(val_files)
     diag_batch = None
     if val_files:
-        diag_batch = next(iter(trainer.eval_dataset(False).take(1)))
+        # with ground truth when the records have it (the GT moving mask beside CC's m_s)
+        diag_batch = next(iter(trainer.eval_dataset(has_gt).take(1)))
         diag_batch = {k: v[:min(4, batch_size)] for k, v in diag_batch.items()}
     spe = trainer.steps_per_epoch
     step = int(trainer.global_step.numpy())
@@ -475,6 +493,8 @@ def train_and_evaluate(
             offset = step - epoch * spe
             phase = phase_of_epoch(epoch, trainer.burn_in_epochs,
                                    trainer.quantile_estimation_epochs)
+            stage, _ = stage_at(trainer.apportionment.stages, step, spe)
+            phase = phase._replace(stage=stage)
             if offset == 0:
                 trainer.apportionment.start_epoch()
             trainer.epoch.assign(epoch)
@@ -482,7 +502,12 @@ def train_and_evaluate(
             loop_fn = trainer.loop_fn(phase)
             epoch_end = (epoch + 1) * spe
             while step < epoch_end and (stop_at_step is None or step < stop_at_step):
+                stage, stage_end = stage_at(trainer.apportionment.stages, step, spe)
+                phase = phase._replace(stage=stage)
+                loop_fn = trainer.loop_fn(phase)
                 n = min(trainer.steps_per_loop, epoch_end - step)
+                if stage_end is not None:
+                    n = min(n, stage_end - step)
                 if stop_at_step is not None:
                     n = min(n, stop_at_step - step)
                 for cadence in (summary_every_steps, checkpoint_every_steps, image_every_steps):

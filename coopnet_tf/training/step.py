@@ -631,6 +631,12 @@ class CoopTrainStep:
             "non_occluded": fwd["non_occluded"][:, last],
             "flow_weight": app.flow_pixel_weight[:, last],
         }
+        if app.extras and "moderator_masks" in app.extras:
+            # CC: the moderator's m_s w.r.t. t+1 (1 = static) and its consensus target
+            images["moderator_mask"] = app.extras["moderator_masks"][0][..., last:last + 1]
+            images["consensus_target"] = app.extras["consensus_target"][:, last]
+        if specs.KEY_GT_MOVING in batch:
+            images["gt_moving_mask"] = tf.cast(batch[specs.KEY_GT_MOVING][:, last], tf.float32)
         histograms = dict(app.histograms)
         return losses, images, histograms
 

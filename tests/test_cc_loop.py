@@ -1,0 +1,100 @@
+"""Competitive Collaboration's schedule in the training loop (64x64 synthetic world).
+
+* `stage_at` against a step-by-step enumeration of Algorithm 1's alternation;
+* kill-and-resume inside the alternation: the resumed run continues in the right stage
+  (the moderator is frozen in a competition step, the competitors in a collaboration
+  step) and ends bit-for-bit where an uninterrupted run ends.
+"""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import conftest
+import test_train_loop as tl
+
+from coopnet_tf.losses import competitive_strategy as cs
+from coopnet_tf.training import loop
+
+
+@pytest.mark.parametrize("unit,spe", [("steps", 7), ("epochs", 3)])
+def test_stage_at_enumerates_the_alternation(unit, spe):
+    stages = (("collaboration", "competition"), (2, 3), unit, True)
+    per = spe if unit == "epochs" else 1
+    want = []
+    while len(want) < 40:
+        want += ["collaboration"] * (2 * per) + ["competition"] * (3 * per)
+    for step in range(40):
+        name, nxt = loop.stage_at(stages, step, spe)
+        assert name == want[step], step
+        assert nxt == next(s for s in range(step + 1, 100) if (want + want)[s] != name)
+    assert loop.stage_at(None, 5, spe) == ("", None)
+    once = (("a", "b"), (1, 1), "steps", False)
+    assert [loop.stage_at(once, s, 4)[0] for s in range(4)] == ["a", "b", "b", "b"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return conftest.tiny_world(tmp_path_factory, tl.SIZE, frames_per_sequence=7)
+
+
+def _run(data_dir, model_dir, stop_at_step=None):
+    # 2 basic (burn-in) steps, then collaboration at step 2, competition at step 3
+    tl.configure(data_dir,
+                 "make_apportionment.name = 'cc'",
+                 "make_apportionment.period = 1",
+                 "make_apportionment.period_unit = 'steps'",
+                 "build_moderator_net.decoder_channels = (4, 8, 8, 16, 16)",
+                 "train_and_evaluate.num_epochs = 2",
+                 "train_and_evaluate.steps_per_epoch = 2",
+                 "train_and_evaluate.burn_in_epochs = 1",
+                 "train_and_evaluate.data_dir = None",
+                 f"train_and_evaluate.train_files = '{loop.file_pattern(data_dir, 'train')}'",
+                 "train_and_evaluate.checkpoint_every_steps = 1",
+                 "train_and_evaluate.keep_checkpoints = 10",
+                 "train_and_evaluate.run_eagerly = True",
+                 "train_and_evaluate.image_every_steps = 0")
+    return loop.train_and_evaluate(model_dir=model_dir, stop_at_step=stop_at_step)
+
+
+def _groups(tensors):
+    mod = {k: v for k, v in tensors.items() if k.startswith(("moderator_net/",
+                                                             "moderator_optimizer/"))}
+    comp = {k: v for k, v in tensors.items() if k.split("/")[0] in (
+        "depth_net", "pose_net", "flow_net", "depth_pose_optimizer", "flow_optimizer")}
+    assert len(mod) > 50 and len(comp) > 100
+    return comp, mod
+
+
+def _ckpt(model_dir, number):
+    path = os.path.join(model_dir, loop.CHECKPOINT_SUBDIR, f"ckpt-{number}")
+    reader = tf.train.load_checkpoint(path)
+    return _groups({n: reader.get_tensor(n) for n, _ in tf.train.list_variables(path)
+                    if n.endswith("VARIABLE_VALUE")})
+
+
+def _diff(a, b):
+    return [k for k in a if not np.array_equal(a[k], b[k])]
+
+
+def test_resume_continues_in_the_right_stage(tiny_dataset, tmp_path):
+    killed = str(tmp_path / "killed")
+    assert _run(tiny_dataset, killed, stop_at_step=3)["step"] == 3
+    assert _run(tiny_dataset, killed)["step"] == 4            # resumed: step 3 only
+    comp2, mod2 = _ckpt(killed, 2)
+    comp3, mod3 = _ckpt(killed, 3)
+    comp4, mod4 = _ckpt(killed, 4)
+    # step 2 (collaboration): only M moved; step 3 (competition, after the resume): only R, F
+    assert not _diff(comp2, comp3) and _diff(mod2, mod3)
+    assert not _diff(mod3, mod4) and _diff(comp3, comp4)
+    # ... which is exactly what an uninterrupted run does
+    straight = str(tmp_path / "straight")
+    _run(tiny_dataset, straight)
+    comp_s, mod_s = _ckpt(straight, 4)
+    for key in comp4:
+        np.testing.assert_allclose(comp4[key], comp_s[key], rtol=1e-5, atol=1e-6)
+    for key in mod4:
+        np.testing.assert_allclose(mod4[key], mod_s[key], rtol=1e-5, atol=1e-6)
+    assert cs.COLLABORATION == loop.stage_at(((cs.COLLABORATION, cs.COMPETITION), (1, 1),
+                                              "steps", True), 2, 2)[0]
