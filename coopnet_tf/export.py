@@ -13,6 +13,7 @@ for ``name`` in ``depth``, ``pose``, ``flow``, each with one ``serving_default``
 | depth | ``image [B, H, W, 3]`` | ``depth [B, H, W, 1]`` (m, up to scale), ``disparity [B, H, W, 1]`` (scaled, 1/depth) |
 | pose  | ``image_a``, ``image_b`` ``[B, H, W, 3]`` (temporal order) | ``pose_vector [B, 6]`` (axis-angle, translation), ``transform [B, 4, 4]`` (T_a->b) |
 | flow  | ``image_a``, ``image_b`` ``[B, H, W, 3]`` | ``flow [B, H, W, 2]`` (pixels, a -> b, channel 0 = x) |
+| motion | ``image_prev``, ``image``, ``image_next`` ``[B, H, W, 3]``, ``intrinsics [B, 3, 3]`` | Competitive Collaboration runs: ``m_minus``, ``m_plus`` (moderator, 1 = static), ``masknet``, ``consensus``, ``joint`` (CC Eq. 14) ``[B, H, W, 1]``, ``composite_flow [B, H, W, 2]`` (Eq. 15, image -> image_next) |
 
 H, W default to the training resolution. The architecture is read from the operative gin
 config the training loop wrote into ``model_dir``; the weights from the latest checkpoint
@@ -113,6 +114,44 @@ class FlowServing(tf.Module):
         return {"flow": tf.cast(flow, tf.float32)}
 
 
+class MotionServing(tf.Module):
+    """CC's inference outputs (Eqs. 14-15) for the middle frame of a snippet: the
+    moderator's masks, the consensus of ν(e₊, d) and u₊, m* and u* (see specs.EXPORT_MOTION)."""
+
+    def __init__(self, moderator, depth_net, pose_net, flow_net, height: int, width: int,
+                 rotation_mode: str = "axis_angle", flow_threshold: float = 1e-3):
+        super().__init__(name="motion_serving")
+        self.moderator, self.depth_net, self.pose_net = moderator, depth_net, pose_net
+        self.flow = FlowServing(flow_net, height, width, depth_net, pose_net, rotation_mode)
+        self.rotation_mode = rotation_mode
+        self.flow_threshold = float(flow_threshold)
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec.from_spec(spec, name="image_prev"),
+            tf.TensorSpec.from_spec(spec, name="image"),
+            tf.TensorSpec.from_spec(spec, name="image_next"),
+            tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics")])
+
+    def _serve(self, image_prev, image, image_next, intrinsics):
+        from coopnet_tf import geometry  # pylint: disable=import-outside-toplevel
+        from coopnet_tf.losses import competitive  # pylint: disable=import-outside-toplevel
+        from coopnet_tf.models import disp_to_depth  # pylint: disable=import-outside-toplevel
+        masks = tf.cast(self.moderator(tf.concat([image_prev, image, image_next], -1),
+                                       training=False)[0], tf.float32)
+        _, depth = disp_to_depth(tf.cast(self.depth_net(image, training=False)[0], tf.float32))
+        vec = tf.cast(self.pose_net(tf.concat([image, image_next], -1), training=False),
+                      tf.float32)
+        rigid = geometry.rigid_flow(depth, geometry.pose_vector_to_matrix(
+            vec, self.rotation_mode), intrinsics)
+        flow = (self.flow._serve_residual(image, image_next, intrinsics) if self.flow.residual
+                else self.flow._serve(image, image_next))["flow"]
+        out = competitive.inference_masks(masks[..., 1:2], masks[..., 0:1], rigid, flow,
+                                          self.flow_threshold)
+        out.update(m_minus=masks[..., 0:1], m_plus=masks[..., 1:2],
+                   composite_flow=competitive.composite_flow(out["joint"], rigid, flow))
+        return out
+
+
 def save_serving_module(module: tf.Module, path: str) -> str:
     """Saves ``module`` with its ``serve`` function as ``serving_default`` at ``path``."""
     tf.io.gfile.makedirs(os.path.dirname(path.rstrip("/")) or ".")
@@ -122,7 +161,8 @@ def save_serving_module(module: tf.Module, path: str) -> str:
 
 def export_models(export_dir: str, version: int, height: int, width: int, depth_net=None,
                   pose_net=None, flow_net=None, names: Sequence[str] = ("depth", "pose", "flow"),
-                  rotation_mode: str = "axis_angle") -> Dict[str, str]:
+                  rotation_mode: str = "axis_angle", moderator=None,
+                  flow_threshold: float = 1e-3) -> Dict[str, str]:
     """Writes the requested SavedModels; returns name -> path.
 
     Args:
@@ -130,8 +170,10 @@ def export_models(export_dir: str, version: int, height: int, width: int, depth_
       version: positive integer version directory (TF Serving serves the highest).
       height, width: serving input size (multiples of 32).
       depth_net, pose_net, flow_net: Keras models (restored).
-      names: subset of ``specs.EXPORT_DEPTH/POSE/FLOW``.
+      names: subset of ``specs.EXPORT_DEPTH/POSE/FLOW/MOTION``.
       rotation_mode: pose parametrisation used in training.
+      moderator: CC's moderator network (needed for ``motion``).
+      flow_threshold: λ_c (px) of the ``motion`` model's consensus mask.
     """
     paths = {}
     for name in names:
@@ -142,8 +184,14 @@ def export_models(export_dir: str, version: int, height: int, width: int, depth_
             module = PoseServing(pose_net, height, width, rotation_mode)
         elif name == specs.EXPORT_FLOW:
             module = FlowServing(flow_net, height, width, depth_net, pose_net, rotation_mode)
+        elif name == specs.EXPORT_MOTION:
+            if moderator is None:
+                raise ValueError("the motion model needs a Competitive Collaboration run "
+                                 "(its checkpoint has no moderator_net)")
+            module = MotionServing(moderator, depth_net, pose_net, flow_net, height, width,
+                                   rotation_mode, flow_threshold)
         else:
-            raise ValueError(f"unknown model {name!r}; expected depth, pose or flow")
+            raise ValueError(f"unknown model {name!r}; expected depth, pose, flow or motion")
         paths[name] = save_serving_module(module, path)
     return paths
 
@@ -230,8 +278,22 @@ def export_from_model_dir(model_dir: str, export_dir: str, version: Optional[int
     depth_net, pose_net, flow_net, info = restore_networks(model_dir, checkpoint, height, width)
     if version is None:
         version = max(info["step"], 1)
+    moderator = restore_moderator(info) if specs.EXPORT_MOTION in names else None
     return export_models(export_dir, version, info["height"], info["width"], depth_net,
-                         pose_net, flow_net, names, info["rotation_mode"])
+                         pose_net, flow_net, names, info["rotation_mode"], moderator,
+                         float(query_config("make_apportionment.flow_threshold", 1e-3)))
+
+
+def restore_moderator(info):
+    """CC's moderator of the checkpoint ``info["checkpoint"]`` (after `restore_networks`,
+    which loaded the run's config), or None when the run has none."""
+    from coopnet_tf import models  # pylint: disable=import-outside-toplevel
+    names = {n.split("/")[0] for n, _ in tf.train.list_variables(info["checkpoint"])}
+    if "moderator_net" not in names:
+        return None
+    moderator = models.build_moderator_net(height=info["height"], width=info["width"])
+    tf.train.Checkpoint(moderator_net=moderator).restore(info["checkpoint"]).expect_partial()
+    return moderator
 
 
 def main(argv):
@@ -254,7 +316,8 @@ def _define_flags():
     flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a checkpoint path")
     flags.DEFINE_integer("height", None, "serving input height (default: training height)")
     flags.DEFINE_integer("width", None, "serving input width (default: training width)")
-    flags.DEFINE_string("models", "depth,pose,flow", "comma-separated subset to export")
+    flags.DEFINE_string("models", "depth,pose,flow",
+                        "comma-separated subset to export (+ motion for a CC run)")
     flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 

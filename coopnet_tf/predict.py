@@ -7,8 +7,11 @@ r"""Runs exported SavedModels (or a training checkpoint) on image files; writes 
 For every image ``x.png``: ``x_depth.png`` (magma colour map of the inverse depth, near =
 bright) and ``x_depth.npy`` (the depth map, metres up to scale). For every consecutive
 pair ``(a, b)`` in the order given, when a flow model is available: ``a_flow.png`` (the
-Middlebury colour wheel of the flow a -> b). Images are resized to the model's input size;
-outputs are at that size.
+Middlebury colour wheel of the flow a -> b). For every consecutive triplet ``(a, b, c)``,
+when a Competitive Collaboration ``motion`` model is available: ``b_motion.png`` (b with
+the pixels CC's joint mask m* calls moving tinted red, CC Eq. 14) and ``b_motion.npy``
+(m*, 1 = static); the intrinsics come from ``--intrinsics`` (normalised fx, fy, cx, cy).
+Images are resized to the model's input size; outputs are at that size.
 
 ``--saved_model_dir`` is an export root written by `coopnet_tf.export`
 (``<dir>/depth/<version>``, ``<dir>/flow/<version>``; the highest version is used) or a
@@ -49,12 +52,25 @@ def _latest_version(root: str) -> Optional[str]:
     return os.path.join(root, max(versions, key=int)) if versions else None
 
 
+# Monodepth2's normalised KITTI intrinsics (fx/W, fy/H, cx/W, cy/H)
+DEFAULT_NORMALISED_INTRINSICS = (0.58, 1.92, 0.5, 0.5)
+
+
+def motion_overlay(image: np.ndarray, static: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """``image [H, W, 3]`` with the pixels where ``static [H, W(, 1)]`` is 0 tinted red."""
+    moving = np.asarray(static).reshape(image.shape[:2])[..., None] < 0.5
+    red = np.array([1.0, 0.0, 0.0], np.float32)
+    return np.where(moving, (1 - alpha) * image + alpha * red, image)
+
+
 class Predictor:
-    """Callable depth (and optional flow) predictors with a known input size."""
+    """Callable depth (and optional flow / CC motion) predictors with a known input size.
+
+    ``motion_fn(prev, image, next, intrinsics) -> m* [B, H, W, 1]`` (1 = static)."""
 
     def __init__(self, depth_fn: Callable, height: int, width: int,
-                 flow_fn: Optional[Callable] = None):
-        self.depth_fn, self.flow_fn = depth_fn, flow_fn
+                 flow_fn: Optional[Callable] = None, motion_fn: Optional[Callable] = None):
+        self.depth_fn, self.flow_fn, self.motion_fn = depth_fn, flow_fn, motion_fn
         self.height, self.width = height, width
 
     @classmethod
@@ -73,8 +89,15 @@ class Predictor:
             flow_sig = tf.saved_model.load(flow_dir).signatures["serving_default"]
             if "intrinsics" not in flow_sig.structured_input_signature[1]:
                 flow_fn = lambda a, b: flow_sig(image_a=tf.constant(a), image_b=tf.constant(b))["flow"].numpy()  # noqa: E731
+        motion_fn = None
+        motion_dir = _latest_version(os.path.join(saved_model_dir, specs.EXPORT_MOTION))
+        if motion_dir is not None:
+            motion_sig = tf.saved_model.load(motion_dir).signatures["serving_default"]
+            motion_fn = lambda p, x, n, k: motion_sig(  # noqa: E731
+                image_prev=tf.constant(p), image=tf.constant(x), image_next=tf.constant(n),
+                intrinsics=tf.constant(k))["joint"].numpy()
         return cls(lambda x: depth_sig(image=tf.constant(x))["depth"].numpy(), height, width,
-                   flow_fn)
+                   flow_fn, motion_fn)
 
     @classmethod
     def from_model_dir(cls, model_dir: str, checkpoint: str = "latest") -> "Predictor":
@@ -85,12 +108,22 @@ class Predictor:
         if len(flow_net.inputs) == 1:
             flow = export.FlowServing(flow_net, info["height"], info["width"])
             flow_fn = lambda a, b: flow.serve(a, b)["flow"].numpy()  # noqa: E731
+        motion_fn = None
+        moderator = export.restore_moderator(info)
+        if moderator is not None:
+            motion = export.MotionServing(
+                moderator, depth_net, pose_net, flow_net, info["height"], info["width"],
+                info["rotation_mode"],
+                float(export.query_config("make_apportionment.flow_threshold", 1e-3)))
+            motion_fn = lambda p, x, n, k: motion.serve(p, x, n, k)["joint"].numpy()  # noqa: E731
         return cls(lambda x: depth.serve(x)["depth"].numpy(), info["height"], info["width"],
-                   flow_fn)
+                   flow_fn, motion_fn)
 
 
-def predict_files(predictor: Predictor, images: Sequence[str], output_dir: str) -> List[str]:
-    """Writes the depth (and flow) PNGs of ``images`` into ``output_dir``; returns the paths."""
+def predict_files(predictor: Predictor, images: Sequence[str], output_dir: str,
+                  intrinsics: Sequence[float] = DEFAULT_NORMALISED_INTRINSICS) -> List[str]:
+    """Writes the depth (and flow, motion) PNGs of ``images`` into ``output_dir``; returns
+    the paths. ``intrinsics``: normalised (fx, fy, cx, cy) for the motion model."""
     os.makedirs(output_dir, exist_ok=True)
     written = []
     arrays = [load_image(p, predictor.height, predictor.width) for p in images]
@@ -107,6 +140,17 @@ def predict_files(predictor: Predictor, images: Sequence[str], output_dir: str) 
             out = os.path.join(output_dir, f"{pathlib.Path(pa).stem}_flow.png")
             save_png(out, visualize.flow_to_color(flow))
             written.append(out)
+    if predictor.motion_fn is not None:
+        fx, fy, cx, cy = (float(v) for v in intrinsics)
+        w, h = predictor.width, predictor.height
+        k = np.array([[[fx * w, 0, cx * w], [0, fy * h, cy * h], [0, 0, 1]]], np.float32)
+        for pb, a, b, c in zip(images[1:], arrays, arrays[1:], arrays[2:]):
+            joint = predictor.motion_fn(a[None], b[None], c[None], k)[0]
+            stem = pathlib.Path(pb).stem
+            out = os.path.join(output_dir, f"{stem}_motion.png")
+            save_png(out, motion_overlay(b, joint))
+            np.save(os.path.join(output_dir, f"{stem}_motion.npy"), joint[..., 0])
+            written.append(out)
     return written
 
 
@@ -120,7 +164,8 @@ def main(argv):
         raise SystemExit("give exactly one of --saved_model_dir and --model_dir")
     predictor = (Predictor.from_saved_model(f.saved_model_dir) if f.saved_model_dir
                  else Predictor.from_model_dir(f.model_dir, f.checkpoint))
-    for path in predict_files(predictor, images, f.output_dir):
+    for path in predict_files(predictor, images, f.output_dir,
+                              [float(v) for v in f.intrinsics]):
         print(path)
 
 
@@ -132,6 +177,8 @@ def _define_flags():
     flags.DEFINE_multi_string("images", [], "image files (repeatable; extra positional "
                               "arguments are images too)")
     flags.DEFINE_string("output_dir", "predictions", "where the PNGs go")
+    flags.DEFINE_list("intrinsics", [str(v) for v in DEFAULT_NORMALISED_INTRINSICS],
+                      "motion model: normalised fx, fy, cx, cy (fx / width, ...)")
 
 
 if __name__ == "__main__":

@@ -47,3 +47,7 @@ EXPORT_POSE = "pose"     # inputs: image_a, image_b float32 [B, H, W, 3] (tempor
                          # outputs: pose_vector [B, 6] (axis-angle rot, trans), transform [B, 4, 4] T_a->b
 EXPORT_FLOW = "flow"     # inputs: image_a, image_b float32 [B, H, W, 3]
                          # outputs: flow [B, H, W, 2] pixels, a -> b, channel 0 = x
+EXPORT_MOTION = "motion"  # Competitive Collaboration runs only (CC Eqs. 14-15)
+                          # inputs: image_prev, image, image_next [B, H, W, 3], intrinsics [B, 3, 3]
+                          # outputs: m_minus, m_plus (soft, 1 = static), masknet, consensus,
+                          #   joint (m*) [B, H, W, 1] in {0, 1}; composite_flow [B, H, W, 2] (u*)

@@ -146,3 +146,33 @@ def test_cc_gin_builds_the_strategy():
     gin.clear_config()
     gin.parse_config("make_apportionment.name = 'cc'")
     assert isinstance(configurables.make_apportionment(), cs.CompetitiveCollaborationStrategy)
+
+
+def test_motion_export_signature(step, batch, tmp_path):
+    """The exported ``motion`` model (CC Eqs. 14-15) equals the direct computation."""
+    from coopnet_tf import export, geometry
+    module = export.MotionServing(step.apportionment.moderator, step.depth_net, step.pose_net,
+                                  step.flow_net, SIZE, SIZE, flow_threshold=0.5)
+    path = export.save_serving_module(module, str(tmp_path / "motion" / "1"))
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    frames = batch[specs.KEY_FRAMES]
+    K = batch[specs.KEY_INTRINSICS]
+    out = serve(image_prev=frames[:, 0], image=frames[:, 1], image_next=frames[:, 2],
+                intrinsics=K)
+    m = step.apportionment.moderator(cs.snippet(frames), training=False)[0].numpy()
+    np.testing.assert_allclose(out["m_plus"].numpy(), m[..., 1:2], atol=1e-5)
+    np.testing.assert_allclose(out["m_minus"].numpy(), m[..., 0:1], atol=1e-5)
+    _, depth = models.disp_to_depth(step.depth_net(frames[:, 1], training=False)[0])
+    vec = step.pose_net(tf.concat([frames[:, 1], frames[:, 2]], -1), training=False)
+    nu = geometry.rigid_flow(depth, geometry.pose_vector_to_matrix(vec, "axis_angle"), K).numpy()
+    u = step.flow_net(tf.concat([frames[:, 1], frames[:, 2]], -1), training=False)[0].numpy()
+    dist = np.linalg.norm(nu - u, axis=-1, keepdims=True)
+    masknet = m[..., 1:2] * m[..., 0:1] > 0.5
+    consensus = dist < 0.5
+    stable = np.abs(dist - 0.5) > 1e-3   # float32 noise at the threshold
+    np.testing.assert_array_equal(out["masknet"].numpy(), masknet)
+    np.testing.assert_array_equal(out["consensus"].numpy()[stable], consensus[stable])
+    joint = out["joint"].numpy() > 0.5
+    np.testing.assert_array_equal(joint[stable], (masknet | consensus)[stable])
+    np.testing.assert_allclose(out["composite_flow"].numpy(),
+                               np.where(joint, nu, u), atol=1e-3)

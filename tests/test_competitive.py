@@ -1,5 +1,7 @@
 """Competitive Collaboration's energy and inference masks (coopnet_tf.losses.competitive)
 against NumPy, and the moderator network M_χ (coopnet_tf.models.moderator_net)."""
+import os
+
 import gin
 import keras
 import numpy as np
@@ -205,3 +207,38 @@ def test_moderator_factory_is_gin_configurable():
         gin.clear_config()
     with pytest.raises(ValueError, match="multiple"):
         models.build_moderator_net(height=100, width=96)
+
+
+def test_predict_writes_the_motion_overlay(tmp_path):
+    """predict: for each consecutive triplet, b_motion.png tints m*'s moving pixels red and
+    b_motion.npy holds m*; the motion model gets the triplet and pixel intrinsics."""
+    from PIL import Image
+    from coopnet_tf import predict
+    rng = np.random.RandomState(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"f{i}.png"
+        Image.fromarray((rng.rand(8, 12, 3) * 255).astype(np.uint8)).save(p)
+        paths.append(str(p))
+    calls = []
+
+    def motion_fn(prev, img, nxt, k):
+        calls.append((prev, img, nxt, k))
+        out = np.ones(img.shape[:3] + (1,), np.float32)
+        out[:, :, :4] = 0.0                                # left third moving
+        return out
+
+    pred = predict.Predictor(lambda x: np.ones(x.shape[:3] + (1,), np.float32), 8, 12,
+                             motion_fn=motion_fn)
+    written = predict.predict_files(pred, paths, str(tmp_path / "out"), (0.5, 1.0, 0.5, 0.5))
+    names = [os.path.basename(p) for p in written]
+    assert [n for n in names if "_motion" in n] == ["f1_motion.png", "f2_motion.png"]
+    img = predict.load_image(paths[1], 8, 12)
+    np.testing.assert_array_equal(calls[0][1][0], img)
+    np.testing.assert_allclose(calls[0][3][0], [[6, 0, 6], [0, 8, 4], [0, 0, 1]])
+    png = np.asarray(Image.open(tmp_path / "out" / "f1_motion.png"), np.float32) / 255
+    want = predict.motion_overlay(img, motion_fn(img[None], img[None], img[None], None)[0])
+    np.testing.assert_allclose(png, want, atol=1 / 255 + 1e-6)
+    assert np.all(png[:, :4, 0] >= 0.6 - 1 / 255)                      # tinted red
+    np.testing.assert_allclose(png[:, 4:], img[:, 4:], atol=1 / 255 + 1e-6)  # untouched
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "f1_motion.npy")[:, :4], 0)
