@@ -29,8 +29,10 @@ Interface (what the training step codes against):
    scale-0 masks are reused at every scale, REFERENCE.md 7.3-3).
 4. ``strategy.start_epoch()`` / ``strategy.end_epoch()`` at epoch boundaries;
    ``strategy.quantile_layer`` goes into the checkpoint; ``strategy.trainable_variables``
-   (empty here) is where a strategy owning a network (Competitive Collaboration's
-   moderator) will put it, with its loss from ``strategy.auxiliary_losses``.
+   (empty here) is where a strategy owning a network puts it, with its optimizer
+   (``strategy.optimizer``), its loss from ``strategy.auxiliary_losses`` and its
+   sub-phases (``stages``, ``trained_groups``): Competitive Collaboration's moderator,
+   `losses/competitive_strategy.py`, built by the gin factory ``make_apportionment``.
 
 Gradient routing: every mask and weight is built from ``tf.stop_gradient`` inputs, so the
 rigid loss reaches depth/pose only through Φ_D and the flow loss reaches the flow net only

@@ -1,4 +1,4 @@
-"""The CoopNet training step: one forward pass, two tapes, two optimizers.
+"""The CoopNet training step: one forward pass, two tapes (three with CC), their optimizers.
 
 Per replica and step (REFERENCE.md 7.4):
 
@@ -25,7 +25,12 @@ Per replica and step (REFERENCE.md 7.4):
            + λ_ep L_ep(flow; pose stop-gradient).
    L_gc, L_ep, L_var are off during burn-in (REFERENCE defaults table #11).
 6. Two `GradientTape`s with `watch_accessed_variables=False` and explicit `watch`:
-   L_θ,α → depth+pose variables (Adam #1), L_δ → flow variables (Adam #2).
+   L_θ,α → depth+pose variables (Adam #1), L_δ → flow variables (Adam #2); a third one
+   only when the strategy owns a network (Competitive Collaboration's moderator: its
+   ``total_strategy`` → its variables, its own optimizer). The strategy's
+   ``trained_groups(phase.stage)`` says which groups a phase updates (CC: competition =
+   depth+pose and flow, collaboration = the moderator); only those get a tape, and the
+   networks of the other groups run in inference mode.
 7. Non-finite guard: if any loss or gradient is non-finite on any replica, BOTH updates
    are skipped on every replica (the flag is all-reduced), BatchNorm statistics are
    restored to their pre-step values and a counter is incremented.
