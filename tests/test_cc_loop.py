@@ -3,7 +3,7 @@
 * `stage_at` against a step-by-step enumeration of Algorithm 1's alternation;
 * kill-and-resume inside the alternation: the resumed run continues in the right stage
   (the moderator is frozen in a competition step, the competitors in a collaboration
-  step) and ends bit-for-bit where an uninterrupted run ends.
+  step). That a resume reproduces an uninterrupted run is test_train_loop's business.
 """
 import os
 
@@ -88,13 +88,3 @@ def test_resume_continues_in_the_right_stage(tiny_dataset, tmp_path):
     # step 2 (collaboration): only M moved; step 3 (competition, after the resume): only R, F
     assert not _diff(comp2, comp3) and _diff(mod2, mod3)
     assert not _diff(mod3, mod4) and _diff(comp3, comp4)
-    # ... which is exactly what an uninterrupted run does
-    straight = str(tmp_path / "straight")
-    _run(tiny_dataset, straight)
-    comp_s, mod_s = _ckpt(straight, 4)
-    for key in comp4:
-        np.testing.assert_allclose(comp4[key], comp_s[key], rtol=1e-5, atol=1e-6)
-    for key in mod4:
-        np.testing.assert_allclose(mod4[key], mod_s[key], rtol=1e-5, atol=1e-6)
-    assert cs.COLLABORATION == loop.stage_at(((cs.COLLABORATION, cs.COMPETITION), (1, 1),
-                                              "steps", True), 2, 2)[0]
