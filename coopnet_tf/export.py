@@ -28,11 +28,8 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from coopnet_tf import specs
+from coopnet_tf import run_layout, specs
 
-OPERATIVE_CONFIG = "operative_config.gin"
-CHECKPOINT_SUBDIR = "checkpoints"
-BEST_SUBDIR = "best"
 
 
 # ------------------------------------------------------------------ serving modules ---
@@ -154,7 +151,7 @@ def find_checkpoint(model_dir: str, which: str = "latest") -> str:
     """Checkpoint path in a training ``model_dir``: ``latest``, ``best`` or an explicit path."""
     if which not in ("latest", "best"):
         return which
-    sub = CHECKPOINT_SUBDIR if which == "latest" else BEST_SUBDIR
+    sub = run_layout.checkpoint_subdir(which)
     path = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
     if path is None:
         raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(model_dir, sub)}")
@@ -165,10 +162,10 @@ def load_run_config(model_dir: str, extra_bindings: Sequence[str] = ()) -> None:
     """Parses ``<model_dir>/operative_config.gin`` (architecture + resolution of the run)."""
     import gin  # pylint: disable=import-outside-toplevel
 
-    from coopnet_tf import configurables  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from coopnet_tf.training import factories  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from coopnet_tf.training import loop  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
-    path = os.path.join(model_dir, OPERATIVE_CONFIG)
+    path = os.path.join(model_dir, run_layout.OPERATIVE_CONFIG)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
             f"{path} not found: model_dir must be a directory written by coopnet_tf.train")

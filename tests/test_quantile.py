@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from coopnet_tf.losses import quantile as q_lib
 from coopnet_tf.losses.quantile import P2Quantiles
-from coopnet_tf.quantiles import p2_quantiles
+from coopnet_tf.losses.quantile import p2_quantiles
 
 PROBS = [0.15, 0.25, 0.35, 0.5, 0.65, 0.75, 0.85]
 SAMPLE = 256  # one sample size (and the default 8 estimators) -> few XLA compilations

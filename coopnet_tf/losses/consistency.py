@@ -70,19 +70,10 @@ def range_map(reverse_flow):
     pos = tf.where(tf.math.is_finite(pos), pos, -2.0)
     x = tf.clip_by_value(pos[..., 0], -2.0, w_max + 2.0)
     y = tf.clip_by_value(pos[..., 1], -2.0, h_max + 2.0)
-    x0 = tf.floor(x)
-    y0 = tf.floor(y)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
-    wx1 = x - x0
-    wx0 = 1.0 - wx1
-    wy1 = y - y0
-    wy0 = 1.0 - wy1
     batch_offset = tf.reshape(tf.range(b) * (h * w), [-1, 1, 1])
     weights = []
     indices = []
-    for xi, yi, wgt in ((x0, y0, wx0 * wy0), (x1, y0, wx1 * wy0),
-                        (x0, y1, wx0 * wy1), (x1, y1, wx1 * wy1)):
+    for xi, yi, wgt in warp.bilinear_corners(x, y):
         inside = (xi >= 0.0) & (xi <= w_max) & (yi >= 0.0) & (yi <= h_max)
         weights.append(wgt * tf.cast(inside, tf.float32))
         xi = tf.cast(tf.clip_by_value(xi, 0.0, w_max), tf.int32)

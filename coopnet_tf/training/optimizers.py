@@ -12,7 +12,7 @@ The schedule is a function of the loop's single step counter (batches consumed),
 `optimizer.iterations`, so that a skipped non-finite step, which leaves the optimizer
 untouched, does not shift the schedule, and a resumed run is at the same position.
 """
-from typing import Optional, Sequence
+from typing import Sequence
 
 import gin
 import keras
@@ -72,13 +72,6 @@ def make_optimizer(
     return optimizer
 
 
-def learning_rate_variable(optimizer: keras.optimizers.Optimizer) -> tf.Variable:
-    """The learning-rate variable of an optimizer (unwrapping a LossScaleOptimizer)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    variable = inner._learning_rate  # pylint: disable=protected-access
-    return getattr(variable, "value", variable) if not isinstance(variable, tf.Variable) else variable
-
-
 def set_learning_rate(optimizer: keras.optimizers.Optimizer, value) -> None:
     """Assigns ``value`` to the optimizer's learning-rate variable (graph-safe)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
@@ -89,17 +82,3 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
     """The optimizer's current learning rate as a float32 tensor."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return tf.cast(tf.convert_to_tensor(inner._learning_rate), tf.float32)  # pylint: disable=protected-access
-
-
-def build_optimizer(optimizer: keras.optimizers.Optimizer, variables) -> None:
-    """Creates the optimizer's slot variables now (inside the strategy scope).
-
-    Keras 3 optimizers that are first built inside `strategy.run` fail (keras#23085); a
-    checkpoint restore also needs the slots to exist to restore them eagerly.
-    """
-    optimizer.build(list(variables))
-
-
-def optimizer_steps(optimizer: Optional[keras.optimizers.Optimizer]) -> tf.Tensor:
-    """Number of updates the optimizer applied (skipped non-finite steps excluded)."""
-    return tf.convert_to_tensor(optimizer.iterations)

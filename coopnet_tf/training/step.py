@@ -33,7 +33,7 @@ Per replica and step (REFERENCE.md 7.4):
 Nothing here knows the distribution strategy, the step cadence or the directories;
 `training/loop.py` does. The step runs inside `strategy.run` (replica context).
 """
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -56,9 +56,10 @@ class LossWeights(NamedTuple):
 
 
 class Phase(NamedTuple):
-    """Static (trace-time) switches of the step for the current epoch."""
+    """Static (trace-time) switches of the step, from `training.schedule.EpochSchedule`."""
     burn_in: bool = False            # Monodepth2 / uniform-flow losses, no gc/ep/var
     update_quantiles: bool = True    # feed the P² estimators this epoch
+    stage: str = ""                  # a strategy's own sub-phase (schedule.Stages); "" = none
 
 
 class StepOptions(NamedTuple):
@@ -323,7 +324,7 @@ class CoopTrainStep:
         #    source pixels visible in t (from F_{t->s}), one splatting call.
         non_occ = tf.stop_gradient(consistency.non_occluded_mask(
             tf.concat([flow_bw[0], flow_fw[0]], 0), opts.occlusion_threshold))
-        non_occ_t, non_occ_s = non_occ[:sb], non_occ[sb:]
+        non_occ_t = non_occ[:sb]   # (non_occ[sb:]: source pixels visible in t, unused)
         out["non_occluded"] = _to_batch_source(non_occ_t, num_src)
 
         # 2. warps and Φ maps at full resolution, every (scale, source) in one call each.
@@ -417,11 +418,11 @@ class CoopTrainStep:
         photo_d, photo_f, total_d_scales, total_f_scales = [], [], [], []
         for scale in range(num_scales):
             scale_seed = tf.random.experimental.stateless_fold_in(seed, scale)
-            ld = apportion.rigid_photometric_loss(
+            ld = photometric.rigid_photometric_loss(
                 fwd["phi_rigid"][scale], fwd["phi_identity"] if opts.automask else None,
                 app.rigid_mask,
                 app.rigid_normalisation, seed=scale_seed)
-            lf = apportion.flow_photometric_loss(fwd["phi_flow"][scale], app.flow_weight)
+            lf = photometric.flow_photometric_loss(fwd["phi_flow"][scale], app.flow_weight)
             photo_d.append(ld)
             photo_f.append(lf)
             td, tf_ = ld, lf
@@ -585,11 +586,6 @@ class CoopTrainStep:
         }
         histograms = dict(app.histograms)
         return losses, images, histograms
-
-
-def split_losses(losses: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(L_θ,α total, L_δ total) of a `compute_losses` dict."""
-    return losses["total_theta_alpha"], losses["total_delta"]
 
 
 def gradient_routing(step: CoopTrainStep, batch, phase: Phase, seed) -> Dict[str, List]:
