@@ -15,7 +15,7 @@ SavedModels in the `--predict` / `--saved_model` modes and formats the results.
   motion    --pred_masks=masks.npz (--gt_masks=gt.npz | --gt_dir=training [--semantic_dir])
             -> iou_mean iou_static iou_moving
 
-See docs/readme/evaluate.md for the full commands from raw datasets.
+See docs/evaluation.md for the full commands from raw datasets.
 """
 import glob
 import json

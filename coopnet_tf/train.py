@@ -73,6 +73,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not FLAGS["verbosity"].present:
+        # Quiet by default: the progress bar, the [eval] lines and warnings;
+        # --verbosity=0 brings back the INFO log (ours and TensorFlow's saver).
+        logging.set_verbosity(logging.WARNING)
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings + FLAGS.gin_param)
     from coopnet_tf.training import loop  # pylint: disable=import-outside-toplevel
 
@@ -83,12 +87,5 @@ def main(argv):
     loop.train_and_evaluate(**kwargs)
 
 
-def run(argv=None):
-    """Quiet by default: the progress bar, the per-epoch ``[eval]`` line and warnings;
-    ``--verbosity=0`` (absl) brings back the INFO log (TensorFlow's saver and ours)."""
-    FLAGS.set_default("verbosity", logging.WARNING)
-    app.run(main, argv)
-
-
 if __name__ == "__main__":
-    run()
+    app.run(main)

@@ -125,7 +125,7 @@ def test_coopnet_masks_and_weights_match_numpy(flow_weighting, use_flow_prior):
     np.testing.assert_allclose(app.flow_pixel_weight.numpy(), want_w, rtol=1e-6)
     got = float(photometric.flow_photometric_loss(f["phi_flow"], app.flow_weight))
     assert got == pytest.approx(_np_group_loss(f["phi_flow"], gamma, dom), rel=1e-6)
-    # The identity of REFERENCE.md 7.2: (1/|P|) Σ w Φ = mean_Γ + mean_Γ̄, pair by pair.
+    # The identity of docs/decisions.md D15: (1/|P|) Σ w Φ = mean_Γ + mean_Γ̄, pair by pair.
     per_pair = [(want_w[b, s] * f["phi_flow"][b, s])[dom[b, s]].mean()
                 for b in range(B) for s in range(S)]
     assert got == pytest.approx(np.mean(per_pair), rel=1e-6)

@@ -16,7 +16,7 @@ SAMPLE = 256  # one sample size (and the default 8 estimators) -> few XLA compil
 
 
 def p2_reference(xs, p):
-    """Textbook P² (Jain & Chlamtac 1985; REFERENCE.md 8) in pure Python, one probability."""
+    """Textbook P² (Jain & Chlamtac 1985; docs/decisions.md C8) in pure Python, one probability."""
     buf, q, n, nd = [], None, None, None
     dn = [0.0, p / 2, p, (1 + p) / 2, 1.0]
     for x in xs:

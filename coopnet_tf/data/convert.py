@@ -78,7 +78,7 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
 
 
 def scale_intrinsics(k: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """K of an image resized by (sx, sy): fx, cx times sx; fy, cy times sy (REFERENCE 1.1).
+    """K of an image resized by (sx, sy): fx, cx times sx; fy, cy times sy (docs/decisions.md C1).
 
     The half-pixel term is ignored, as in Monodepth2 / SfMLearner / SC-SfM.
     """

@@ -1,6 +1,6 @@
 """Back-projection, projection, rigid flow and bilinear warping (paper Eqs. 3-5).
 
-Conventions (docs/ARCHITECTURE.md, REFERENCE.md 1.2-1.5):
+Conventions (docs/ARCHITECTURE.md, docs/decisions.md C2):
 
 * batch-first NHWC; pixel centres at integer coordinates; coordinate/flow channel 0 = x
   (column), 1 = y (row); flow in pixels of the resolution it is computed at;
@@ -87,7 +87,7 @@ def project(points, K):
     """Pinhole projection with the depth clamp `z >= 1e-3`.
 
     `(x, y, z) = K X`; `p = (x / z_c, y / z_c)` with `z_c = max(z, 1e-3)`: points behind
-    the camera land far away instead of flipping sign (REFERENCE.md 1.2).
+    the camera land far away instead of flipping sign (docs/decisions.md C2).
 
     Args:
       points: `[B, H, W, 3]` in the camera frame.

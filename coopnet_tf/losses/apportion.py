@@ -1,6 +1,6 @@
 """Pixel apportionment between the depth+pose pair and the flow network.
 
-CoopNet's contribution (paper Sec. 3-4, Eqs. 8-14; REFERENCE.md 7, 10) is *which pixels,
+CoopNet's contribution (paper Sec. 3-4, Eqs. 8-14; docs/decisions.md D1-D3, D13-D15) is *which pixels,
 with which weight*, train which network. This module computes that, at scale 0 and from
 stop-gradient inputs, behind one interface, so that the Table 4 rows are a choice of
 strategy:
@@ -26,7 +26,7 @@ Interface (what the training step codes against):
 3. Every scale s: ``photometric.rigid_photometric_loss(phi_rigid_s, phi_identity, app.rigid_mask,
    app.rigid_normalisation, seed)`` and ``photometric.flow_photometric_loss(phi_flow_s,
    app.flow_weight)`` (Φ maps at full resolution for every scale, Monodepth2 style; the
-   scale-0 masks are reused at every scale, REFERENCE.md 7.3-3).
+   scale-0 masks are reused at every scale, docs/decisions.md D2).
 4. ``strategy.start_epoch()`` / ``strategy.end_epoch()`` at epoch boundaries;
    ``strategy.quantile_layer`` goes into the checkpoint; ``strategy.trainable_variables``
    (empty here) is where a strategy owning a network (Competitive Collaboration's
@@ -51,7 +51,7 @@ from coopnet_tf.losses import quantile as quantile_lib
 DELTA = "delta"
 DELTA_FLOW_X = "delta_flow_x"
 DELTA_FLOW_Y = "delta_flow_y"
-DELTA_FLOW_EPS = 1e-3  # px, in the denominator of Eq. 13 (REFERENCE.md 7.1)
+DELTA_FLOW_EPS = 1e-3  # px, in the denominator of Eq. 13 (docs/decisions.md D14)
 DEFAULT_ETA = 0.15
 DEFAULT_ZETA = 0.25
 DEFAULT_TAIL_PROBABILITY = 0.15
@@ -139,7 +139,7 @@ def group_weights(in_gamma, domain):
     w(p) = |P| / |Γ| on Γ, |P| / |Γ̄| on Γ̄ (an empty group has no pixel, so its weight is
     never used: the other group then has w ≡ 1), 0 outside P. The loss weights make
     `sum(loss_weight * Φ)` = mean over pairs with P ≠ ∅ of (mean_Γ Φ + mean_Γ̄ Φ), each
-    mean skipped when its group is empty (REFERENCE.md 7.2, 7.3-5).
+    mean skipped when its group is empty (docs/decisions.md D15).
 
     Args:
       in_gamma: `[B, S, H, W, 1]` bool.

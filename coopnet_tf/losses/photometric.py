@@ -1,7 +1,7 @@
 """Photometric error Phi (paper Eq. 2), Monodepth2 minimum reprojection, and the masked
 photometric losses that apply an apportionment's masks/weights (Eqs. 6, 10, 11).
 
-REFERENCE.md 2.1-2.2. All maps are per pixel and NOT reduced: the CoopNet apportionment
+docs/decisions.md C4. All maps are per pixel and NOT reduced: the CoopNet apportionment
 (Δ = Phi_D - Phi_F, quantiles, masks) needs the per-pixel values.
 
 Precision: inputs are cast to float32 on entry. SSIM needs it: `sigma^2 = E[x^2] - E[x]^2`
@@ -95,7 +95,7 @@ def _seed_pair(seed):
 
 
 def min_reprojection(reprojection_errors, identity_errors=None, mask=None, seed=None):
-    """Monodepth2 per-pixel minimum reprojection with auto-masking (REFERENCE.md 2.2).
+    """Monodepth2 per-pixel minimum reprojection with auto-masking (docs/decisions.md C4).
 
     Per pixel, the minimum over `{identity_errors[s]} ∪ {reprojection_errors[s]}`. Where an
     identity (un-warped) term wins, the pixel keeps the identity value, which carries no
@@ -108,7 +108,7 @@ def min_reprojection(reprojection_errors, identity_errors=None, mask=None, seed=
         auto-masking: the plain per-pixel minimum over sources).
       mask: optional `[B, S, H, W, 1]`; where `mask == 0` that source's reprojection error
         is excluded (treated as +inf). Pixels where every reprojection term is excluded
-        are not valid (CoopNet's V selection, REFERENCE.md 7.3-2).
+        are not valid (CoopNet's V selection, docs/decisions.md D13).
       seed: None (no noise) or an int / int tensor of shape [] or [2]: adds
         `N(0, 1) * 1e-5` to the identity errors to break ties (Monodepth2), drawn with
         `tf.random.stateless_normal` so it is reproducible and XLA-friendly. Pass a
@@ -155,7 +155,7 @@ RIGID_NORMALISATIONS = ("masked", "all")
 
 
 def rigid_photometric_maps(phi_rigid, phi_identity, rigid_mask, seed=None):
-    """Masked Monodepth2 minimum reprojection (REFERENCE.md 7.3-2).
+    """Masked Monodepth2 minimum reprojection (docs/decisions.md D13).
 
     Per pixel, the minimum over the identity errors of every source (always compete) and
     the rigid errors of the sources whose mask is 1.

@@ -20,7 +20,7 @@ stream, every value in order, no subsampling::
     >>> x = np.random.default_rng(0).normal(size=100_000)
     >>> p2_quantiles(x, [0.35, 0.65])   # ~ [-0.385, 0.385]
 
-P² for one probability p (REFERENCE.md section 8): marker heights q[0..4], actual
+P² for one probability p (docs/decisions.md C8): marker heights q[0..4], actual
 positions n[0..4] (integers), desired positions n'[0..4], increments dn' =
 (0, p/2, p, (1+p)/2, 1). The first five observations are kept (in the height slots) and
 sorted to initialise the markers: n = (1..5), n' = (1, 1+2p, 1+4p, 3+2p, 5). For each
@@ -418,7 +418,7 @@ class P2Quantiles(keras.layers.Layer):
     subsample in replica order (``all_gather``), and feeds the concatenation, in order, to
     the estimators on every replica, so that all replicas hold the same state.
 
-    Epoch protocol (paper Fig. 4, REFERENCE.md 7.1, defaults table row 3):
+    Epoch protocol (paper Fig. 4, docs/decisions.md D3):
     ``reset()`` at epoch start (running estimators emptied; ``current`` kept);
     ``update(...)`` every step; ``freeze()`` at epoch end copies the running estimates to
     ``current`` (estimators that saw nothing keep their previous value), which is what

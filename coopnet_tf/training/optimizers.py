@@ -1,7 +1,7 @@
 """gin factories for the two Adam optimizers and the piecewise learning-rate schedule.
 
 The paper (Sec. 4.4): Adam, beta1 = 0.99 (as printed; the project default is 0.9, see the
-REFERENCE defaults table #5), beta2 = 0.999, lr 1e-4 for 20 epochs then 1e-5, 30 epochs.
+docs/decisions.md D5), beta2 = 0.999, lr 1e-4 for 20 epochs then 1e-5, 30 epochs.
 The depth+pose optimizer and the flow optimizer are built by the same factory; gin scopes
 `depth_pose/` and `flow/` configure them separately, e.g.::
 
@@ -58,7 +58,7 @@ def make_optimizer(
 
     Args:
       learning_rate: initial value of the learning-rate variable.
-      beta_1: 0.9 by default (REFERENCE defaults #5); 0.99 is the paper's printed value.
+      beta_1: 0.9 by default (docs/decisions.md D5); 0.99 is the paper's printed value.
       beta_2: 0.999.
       epsilon: Adam epsilon.
       loss_scale: wrap in `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling, for
