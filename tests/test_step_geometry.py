@@ -79,22 +79,27 @@ def _pose_vector(matrix):
 
 
 def gt_pose_net(batch):
-    """Pose stand-in: for the pair (a, b) it recognises among the snippet's frames, the GT
-    T_a->b = G_b G_a^-1 with G_f = T_target->f (G_target = I) — what a perfect pose net
-    outputs for (a, b) in this order."""
-    frames = tf.cast(batch[specs.KEY_FRAMES], tf.float32)            # [B, 3, H, W, 3]
-    table = tf.reshape(frames, [-1, SIZE, SIZE, 3])                   # b-major, frame-minor
+    """Pose stand-in: for the pair (a, b) it recognises as two frames of one snippet, the
+    GT T_a->b = G_b G_a^-1 with G_f = T_target->f (G_target = I) — what a perfect pose net
+    outputs for (a, b) in this order. (Snippets of one sequence share frames, so a and b
+    are looked up jointly, in the snippet that holds both.)"""
+    frames = tf.cast(batch[specs.KEY_FRAMES], tf.float32)            # [B, F, H, W, 3]
     gt_pose = batch[specs.KEY_GT_POSE].numpy().astype(np.float64)     # [B, S, 4, 4]
     g = np.tile(np.eye(4), [BATCH, specs.NUM_FRAMES, 1, 1])
     for k, i in enumerate(specs.SOURCE_INDICES):
         g[:, i] = gt_pose[:, k]
-    g = g.reshape(-1, 4, 4)                                           # G of every table entry
-    vectors = tf.constant(np.array([[_pose_vector(g_b @ np.linalg.inv(g_a)) for g_b in g]
-                                    for g_a in g]), tf.float32)      # [a, b, 6]
+    vectors = tf.constant(np.array([[[_pose_vector(g_b @ np.linalg.inv(g_a)) for g_b in g_n]
+                                     for g_a in g_n] for g_n in g]), tf.float32)  # [B, F, F, 6]
+
+    def distances(images):                                            # [N, B, F]
+        return tf.reduce_mean(tf.abs(images[:, None, None] - frames[None]), axis=[3, 4, 5])
 
     def pose(pair):
-        index = tf.stack([_nearest(pair[..., :3], table), _nearest(pair[..., 3:], table)], -1)
-        return tf.gather_nd(vectors, index)
+        dist_a, dist_b = distances(pair[..., :3]), distances(pair[..., 3:])
+        item = tf.argmin(tf.reduce_min(dist_a, 2) + tf.reduce_min(dist_b, 2), axis=1)
+        frame_a = tf.argmin(tf.gather(dist_a, item, batch_dims=1), axis=1)
+        frame_b = tf.argmin(tf.gather(dist_b, item, batch_dims=1), axis=1)
+        return tf.gather_nd(vectors, tf.stack([item, frame_a, frame_b], -1))
 
     pair = keras.Input((SIZE, SIZE, 6))
     return keras.Model(pair, keras.layers.Lambda(pose, output_shape=(6,))(pair), name="gt_pose")
