@@ -382,7 +382,7 @@ def export_from_model_dir(model_dir: str, export_dir: str, version: Optional[int
 
 
 def main(argv):
-    from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+    from absl import flags, logging  # pylint: disable=import-outside-toplevel
     del argv
     flags_ = flags.FLAGS
     try:
@@ -391,7 +391,7 @@ def main(argv):
             flags_.height, flags_.width,
             [n.strip() for n in flags_.models.split(",") if n.strip()], flags_.overwrite)
     except FileExistsError as err:
-        raise app.UsageError(str(err)) from None
+        raise SystemExit(f"export: {err}") from None
     for name, path in paths.items():
         logging.info("exported %s -> %s", name, path)
         print(f"{name}: {pathlib.Path(path)}")
