@@ -112,14 +112,14 @@ def test_two_workers_train_in_lockstep(tiny_dataset, tmp_path):
 
 _MIRRORED_SCRIPT = r"""
 import tensorflow as tf
-from coopnet_tf import configurables
-strategy = configurables.make_distribution_strategy("mirrored", num_logical_cpus=2)
+from coopnet_tf.training import factories
+strategy = factories.make_distribution_strategy("mirrored", num_logical_cpus=2)
 print("REPLICAS", strategy.num_replicas_in_sync,
       sorted(d.split("/")[-1] for d in strategy.extended.worker_devices))
 # asking again with the same split is accepted; another count names the problem
-configurables.make_distribution_strategy("mirrored", num_logical_cpus=2)
+factories.make_distribution_strategy("mirrored", num_logical_cpus=2)
 try:
-    configurables.make_distribution_strategy("mirrored", num_logical_cpus=3)
+    factories.make_distribution_strategy("mirrored", num_logical_cpus=3)
 except RuntimeError as err:
     print("ERROR", err)
 """
