@@ -1,6 +1,7 @@
 """Competitive Collaboration's schedule in the training loop (64x64 synthetic world).
 
-* `stage_at` against a step-by-step enumeration of Algorithm 1's alternation;
+* the schedule's stage of every step (training/schedule.py, CC's `stages`) against a
+  step-by-step enumeration of Algorithm 1's alternation after the burn-in;
 * kill-and-resume inside the alternation: the resumed run continues in the right stage
   (the moderator is frozen in a competition step, the competitors in a collaboration
   step). That a resume reproduces an uninterrupted run is test_train_loop's business.
@@ -15,24 +16,32 @@ import conftest
 import test_train_loop as tl
 
 from coopnet_tf.losses import competitive_strategy as cs
-from coopnet_tf.training import loop
+from coopnet_tf import run_layout
+from coopnet_tf.data import records
+from coopnet_tf.training import loop, schedule
 
 
 @pytest.mark.parametrize("unit,spe", [("steps", 7), ("epochs", 3)])
-def test_stage_at_enumerates_the_alternation(unit, spe):
-    stages = (("collaboration", "competition"), (2, 3), unit, True)
+def test_schedule_enumerates_the_alternation(unit, spe):
+    strategy = cs.CompetitiveCollaborationStrategy(None, None, period=2, period_unit=unit)
     per = spe if unit == "epochs" else 1
+    burn = 4 * per if unit == "epochs" else 2 * spe     # 4 epochs | 2 epochs of 7 steps
+    sched = schedule.EpochSchedule(spe, burn // spe, 0, stages=strategy.stages)
     want = []
-    while len(want) < 40:
-        want += ["collaboration"] * (2 * per) + ["competition"] * (3 * per)
-    for step in range(40):
-        name, nxt = loop.stage_at(stages, step, spe)
-        assert name == want[step], step
-        assert nxt == next(s for s in range(step + 1, 100) if (want + want)[s] != name)
-    assert loop.stage_at(None, 5, spe) == ("", None)
-    once = (("a", "b"), (1, 1), "steps", False)
-    assert [loop.stage_at(once, s, 4)[0] for s in range(4)] == ["a", "b", "b", "b"]
-
+    while len(want) < 80:
+        want += [cs.COLLABORATION] * (2 * per) + [cs.COMPETITION] * (2 * per)
+    for step in range(80):
+        phase = sched.phase(step)
+        assert phase.burn_in == (step < burn), step
+        assert phase.stage == want[step], step
+        if step >= burn:
+            groups = strategy.trained_groups(phase.stage)
+            assert groups == (("strategy",) if want[step] == cs.COLLABORATION
+                              else ("depth_pose", "flow"))
+        # the loop's tf.function chunks end where the stage (or the epoch) ends
+        end = sched.next_change(step)
+        assert all(want[s] == want[step] for s in range(step, min(end, 80)))
+        assert end >= 80 or want[end] != want[step] or end % spe == 0
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
@@ -50,7 +59,7 @@ def _run(data_dir, model_dir, stop_at_step=None):
                  "train_and_evaluate.steps_per_epoch = 2",
                  "train_and_evaluate.burn_in_epochs = 1",
                  "train_and_evaluate.data_dir = None",
-                 f"train_and_evaluate.train_files = '{loop.file_pattern(data_dir, 'train')}'",
+                 f"train_and_evaluate.train_files = '{records.file_pattern(data_dir, 'train')}'",
                  "train_and_evaluate.checkpoint_every_steps = 1",
                  "train_and_evaluate.keep_checkpoints = 10",
                  "train_and_evaluate.run_eagerly = True",
@@ -68,7 +77,7 @@ def _groups(tensors):
 
 
 def _ckpt(model_dir, number):
-    path = os.path.join(model_dir, loop.CHECKPOINT_SUBDIR, f"ckpt-{number}")
+    path = os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR, f"ckpt-{number}")
     reader = tf.train.load_checkpoint(path)
     return _groups({n: reader.get_tensor(n) for n, _ in tf.train.list_variables(path)
                     if n.endswith("VARIABLE_VALUE")})

@@ -134,7 +134,8 @@ def test_stages_and_bad_stage():
 
 def test_cc_gin_builds_the_strategy():
     import gin
-    from coopnet_tf import configurables, train
+    from coopnet_tf import train
+    from coopnet_tf.training import factories as configurables
     train.parse_gin(["cc.gin"], [])
     strategy = configurables.make_apportionment()
     assert isinstance(strategy, cs.CompetitiveCollaborationStrategy)

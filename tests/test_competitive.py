@@ -233,7 +233,7 @@ def test_predict_writes_the_motion_overlay(tmp_path):
     written = predict.predict_files(pred, paths, str(tmp_path / "out"), (0.5, 1.0, 0.5, 0.5))
     names = [os.path.basename(p) for p in written]
     assert [n for n in names if "_motion" in n] == ["f1_motion.png", "f2_motion.png"]
-    img = predict.load_image(paths[1], 8, 12)
+    img = predict.load_image(paths[1], 8, 12, resample="bilinear")[0]
     np.testing.assert_array_equal(calls[0][1][0], img)
     np.testing.assert_allclose(calls[0][3][0], [[6, 0, 6], [0, 8, 4], [0, 0, 1]])
     png = np.asarray(Image.open(tmp_path / "out" / "f1_motion.png"), np.float32) / 255
