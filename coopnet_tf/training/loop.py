@@ -154,7 +154,7 @@ class Progress:
         self.total, self.n, self.enabled = int(total), int(initial), bool(enabled)
         self.losses: Dict[str, str] = {}
         self.interval, self._last_line, self._start = interval, time.time(), time.time()
-        self._start_step = self.n
+        self._start_step = self._printed = self.n
         self.bar = None
         if self.enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
@@ -172,8 +172,9 @@ class Progress:
 
     def line(self) -> None:
         """One plain line (no terminal): steps, rate, the main losses."""
-        if self.bar is not None or not self.enabled:
+        if self.bar is not None or not self.enabled or self.n == self._printed:
             return
+        self._printed = self.n
         now = time.time()
         rate = (self.n - self._start_step) / max(now - self._start, 1e-9)
         losses = " ".join(f"{k}={v}" for k, v in self.losses.items())
