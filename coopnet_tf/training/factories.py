@@ -50,20 +50,36 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
         use_flow_prior, eta, zeta, tail_probability, flow_weighting, sample_size, seed,
         jit_compile, delta_flow_eps). gin may bind any of them.
 
-    Options the chosen strategy does not take (e.g. ``eta`` bound in base.gin while an
-    ablation config selects ``baseline``) are dropped with a log line, so a config can
-    switch the strategy with one binding.
+    Options the chosen strategy does not take but another strategy does (e.g. ``eta``
+    bound in base.gin while an ablation config selects ``baseline``) are dropped with a
+    log line, so a config can switch the strategy with one binding. An option no strategy
+    takes (a typo such as ``eta_``) is an error.
 
     Call inside `strategy.scope()` (coopnet creates its P² layer's variables).
+
+    Raises:
+      ValueError: an unknown strategy, or an option no strategy accepts (the message names
+        it and the chosen strategy's options).
     """
     cls = apportion.STRATEGIES.get(name)
     if cls is not None:
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        accepted = _options_of(cls)
+        known = set().union(*(_options_of(c) for c in apportion.STRATEGIES.values()))
+        unknown = sorted(k for k in options if k not in known)
+        if unknown:
+            raise ValueError(
+                f"make_apportionment: unknown option(s) {unknown} for strategy {name!r}; "
+                f"it accepts {sorted(accepted)}")
         dropped = sorted(k for k in options if k not in accepted)
         if dropped:
-            logging.info("make_apportionment(%r): ignoring options %s", name, dropped)
+            logging.info("make_apportionment(%r): ignoring options of other strategies %s",
+                         name, dropped)
         options = {k: v for k, v in options.items() if k in accepted}
     return apportion.make_strategy(name, **options)
+
+
+def _options_of(cls) -> set:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
 @gin.configurable

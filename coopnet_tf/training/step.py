@@ -206,6 +206,10 @@ class CoopTrainStep:
         self.nonfinite_steps = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # skipped steps in a row (0 after an applied step): the loop stops a diverged run
+        self.consecutive_nonfinite_steps = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="consecutive_nonfinite_steps",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._loss_scaling = isinstance(depth_pose_optimizer, keras.optimizers.LossScaleOptimizer)
         if self._loss_scaling and options.gradient_clip_norm:
             raise ValueError("gradient_clip_norm is not supported with loss scaling "
@@ -539,7 +543,7 @@ class CoopTrainStep:
                 return tf.constant(0, tf.int64)
 
             increment = tf.cond(skip, lambda: tf.constant(1, tf.int64), do_apply)
-            self.nonfinite_steps.assign_add(increment)
+            self._count_nonfinite(increment)
 
         if ctx is not None and not tf.__internal__.distribute.strategy_supports_no_merge_call():
             ctx.merge_call(cross_replica, args=(bad, grads_dp, grads_f))
@@ -548,7 +552,7 @@ class CoopTrainStep:
                 apply_fn(grads_dp, grads_f)
                 return tf.constant(0, tf.int64)
             increment = tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64))
-            self.nonfinite_steps.assign_add(increment)
+            self._count_nonfinite(increment)
 
         out = {}
         for key, value in losses.items():
@@ -558,6 +562,12 @@ class CoopTrainStep:
             out[key] = tf.where(tf.math.is_finite(value), value, tf.zeros_like(value)) * scale
         out["train/nonfinite"] = (1.0 - tf.cast(ok, tf.float32)) * scale
         return out
+
+    def _count_nonfinite(self, increment):
+        """increment: 1 when this step was skipped, else 0."""
+        self.nonfinite_steps.assign_add(increment)
+        self.consecutive_nonfinite_steps.assign(
+            (tf.convert_to_tensor(self.consecutive_nonfinite_steps) + increment) * increment)
 
     # ----------------------------------------------------------- diagnostics ----
     def diagnostics(self, batch: Dict[str, tf.Tensor], phase: Phase, seed):
