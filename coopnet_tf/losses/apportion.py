@@ -375,7 +375,7 @@ class ApportionmentStrategy:
         self.delta_flow_eps = float(delta_flow_eps)
 
     @property
-    def quantile_layer(self) -> Optional[quantile_lib.P2Quantiles]:
+    def quantile_layer(self) -> Optional[quantile_lib.RunningQuantiles]:
         return None
 
     @property
@@ -441,7 +441,11 @@ class CoopNetStrategy(ApportionmentStrategy):
         Γ = Δ outside V_η, i.e. outside [q0.35, q0.65]).
       sample_size: P² subsample per variable per global step.
       seed: P² subsampling seed.
-      jit_compile: XLA-compile the per-pixel work, the subsampling and the P² loop.
+      jit_compile: XLA-compile the per-pixel work, the subsampling and the quantile update.
+      quantile_estimator: "p2" (the paper's P², a sequential loop of `sample_size`
+        iterations per step) or "summary" (`quantile.SummaryQuantiles`: the same quantiles
+        of the epoch's stream from one sort per step; docs/performance.md).
+      summary_size: points per variable of the "summary" estimator.
       delta_flow_eps: ε (px) of Eq. 13's denominator.
       histogram_size: unused (the histograms are the P² subsample, `sample_size` values
         per global step); accepted for a uniform signature.
@@ -452,7 +456,9 @@ class CoopNetStrategy(ApportionmentStrategy):
                  zeta: float = DEFAULT_ZETA, tail_probability: float = DEFAULT_TAIL_PROBABILITY,
                  flow_weighting: str = "tails",
                  sample_size: int = quantile_lib.DEFAULT_SAMPLE_SIZE, seed: int = 0,
-                 jit_compile: bool = True, delta_flow_eps: float = DELTA_FLOW_EPS,
+                 jit_compile: bool = True, quantile_estimator: str = "p2",
+                 summary_size: int = quantile_lib.DEFAULT_SUMMARY_SIZE,
+                 delta_flow_eps: float = DELTA_FLOW_EPS,
                  histogram_size: int = DEFAULT_HISTOGRAM_SIZE):
         super().__init__(histogram_size, jit_compile, delta_flow_eps)
         if flow_weighting not in FLOW_WEIGHTINGS:
@@ -477,9 +483,11 @@ class CoopNetStrategy(ApportionmentStrategy):
             DELTA_FLOW_X: list(self.zeta_probs),
             DELTA_FLOW_Y: list(self.zeta_probs),
         }
-        self._layer = quantile_lib.P2Quantiles(
-            probabilities, sample_size=sample_size, seed=seed, jit_compile=jit_compile,
-            name="p2_quantiles")
+        self.quantile_estimator = quantile_estimator
+        extra = {"summary_size": summary_size} if quantile_estimator == "summary" else {}
+        self._layer = quantile_lib.make_quantile_layer(
+            quantile_estimator, probabilities=probabilities, sample_size=sample_size,
+            seed=seed, jit_compile=jit_compile, name=f"{quantile_estimator}_quantiles", **extra)
 
     @property
     def quantile_layer(self):
