@@ -65,7 +65,7 @@ def test_accuracy_non_stationary_stream():
     """A drifting, widening stream (as Δ while the networks learn): 200 steps of 4096
     values whose mean swings by ±3 and whose spread grows 1.5x. The estimate is the
     quantile of the whole stream within the P² tolerances (P² itself is off by ~0.1 std
-    here: `benchmarks/quantile_accuracy.py`)."""
+    here: benchmarks/quantile_accuracy.py)."""
     rng = np.random.default_rng(5)
     steps = 200
     x = np.concatenate([rng.normal(3.0 * np.sin(6.0 * i / steps), 1.0 + 0.5 * i / steps, CHUNK)

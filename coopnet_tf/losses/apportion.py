@@ -20,7 +20,7 @@ strategy:
 Interface (what the training step codes against):
 
 1. ``strategy = make_strategy(name, **options)`` — inside ``strategy_scope`` of
-   ``tf.distribute`` if any, because ``coopnet`` creates its ``P2Quantiles`` layer.
+   ``tf.distribute`` if any, because ``coopnet`` creates its quantile layer.
 2. Every step: ``app = strategy(ApportionInputs(...), use_quantiles, update_quantiles)``
    with scale-0 maps; returns an ``Apportionment`` (masks/weights are stop-gradient).
 3. Every scale s: ``rigid_photometric_loss(phi_rigid_s, phi_identity, app.rigid_mask,
@@ -430,7 +430,8 @@ class GLNetMinStrategy(ApportionmentStrategy):
 
 
 class CoopNetStrategy(ApportionmentStrategy):
-    """Table 4 rows 3+ (Eqs. 8-14) with P² quantiles of the previous epoch.
+    """Table 4 rows 3+ (Eqs. 8-14) with running quantiles (weighted summary or P²) of the
+    previous epoch.
 
     Args:
       use_flow_prior: V = V_η ∩ V_ζ (Eq. 14) if True, else V = V_η (Eq. 10).
@@ -439,12 +440,12 @@ class CoopNetStrategy(ApportionmentStrategy):
       tail_probability: "tails" weighting: Γ = Δ outside [q(t), q(1−t)] (0.15/0.85).
       flow_weighting: "tails" (the text's reading, default) or "eq11" (Eq. 11 literally:
         Γ = Δ outside V_η, i.e. outside [q0.35, q0.65]).
-      sample_size: P² subsample per variable per global step.
-      seed: P² subsampling seed.
+      sample_size: quantile subsample per variable per global step.
+      seed: subsampling seed.
       jit_compile: XLA-compile the per-pixel work, the subsampling and the quantile update.
-      quantile_estimator: "p2" (the paper's P², a sequential loop of `sample_size`
-        iterations per step) or "summary" (`quantile.SummaryQuantiles`: the same quantiles
-        of the epoch's stream from one sort per step; docs/performance.md).
+      quantile_estimator: "summary" (default; `quantile.SummaryQuantiles`: the quantiles
+        of the epoch's stream from one sort per step, no loop) or "p2" (the paper's P², a
+        sequential loop of `sample_size` iterations per step). Why: docs/performance.md.
       summary_size: points per variable of the "summary" estimator.
       delta_flow_eps: ε (px) of Eq. 13's denominator.
       histogram_size: unused (the histograms are the P² subsample, `sample_size` values
@@ -456,7 +457,7 @@ class CoopNetStrategy(ApportionmentStrategy):
                  zeta: float = DEFAULT_ZETA, tail_probability: float = DEFAULT_TAIL_PROBABILITY,
                  flow_weighting: str = "tails",
                  sample_size: int = quantile_lib.DEFAULT_SAMPLE_SIZE, seed: int = 0,
-                 jit_compile: bool = True, quantile_estimator: str = "p2",
+                 jit_compile: bool = True, quantile_estimator: str = "summary",
                  summary_size: int = quantile_lib.DEFAULT_SUMMARY_SIZE,
                  delta_flow_eps: float = DELTA_FLOW_EPS,
                  histogram_size: int = DEFAULT_HISTOGRAM_SIZE):
