@@ -8,7 +8,7 @@ import tensorflow as tf
 from coopnet_tf.losses import apportion
 from coopnet_tf.losses import quantile as q_lib
 from coopnet_tf.losses.quantile import SummaryQuantiles
-from coopnet_tf.quantiles import p2_quantiles
+from coopnet_tf.losses.quantile import p2_quantiles
 
 from tests.test_quantile import PROBS, SAMPLE, _batch, _mixture, _state, _streams
 
