@@ -48,7 +48,8 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
         Ψ = min(Φ_D, Φ_F)) or "coopnet" (rows 3+).
       **options: the strategy's constructor arguments (`apportion.CoopNetStrategy`:
         use_flow_prior, eta, zeta, tail_probability, flow_weighting, sample_size, seed,
-        jit_compile, delta_flow_eps). gin may bind any of them.
+        jit_compile, quantile_estimator ('summary' | 'p2'), summary_size, delta_flow_eps).
+        gin may bind any of them.
 
     Options the chosen strategy does not take but another strategy does (e.g. ``eta``
     bound in base.gin while an ablation config selects ``baseline``) are dropped with a

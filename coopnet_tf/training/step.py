@@ -287,9 +287,13 @@ class CoopTrainStep:
         disps = [tf.cast(d, tf.float32) for d in self.depth_net(depth_in, training=training)]
         disps = disps[:opts.num_scales]
         num_scales = len(disps)
-        # full-resolution depth of every scale (Monodepth2: upsample the disparity).
-        depths_all = [disp_to_depth(_resize(d, height, width), opts.min_depth, opts.max_depth)[1]
-                      for d in disps]
+        # full-resolution depth of every scale (Monodepth2: upsample the disparity); the
+        # sources' only at the scales that use them (L_gc, the residual flow input).
+        src_scales = (num_scales if use_gc and opts.gc_all_scales
+                      else 1 if need_source_depth else 0)
+        depths_all = [disp_to_depth(_resize(d if k < src_scales else d[:b], height, width),
+                                    opts.min_depth, opts.max_depth)[1]
+                      for k, d in enumerate(disps)]
         depths = [d[:b] for d in depths_all]
         out["disparities"] = [d[:b] for d in disps]
         out["depths"] = depths
