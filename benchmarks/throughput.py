@@ -114,30 +114,29 @@ def _make_step(nets, opts, jit_compile: bool, batch_size: int):
     return step
 
 
-def time_step_modes(cfg: Config, gpu: bool, log=print) -> Dict[str, Dict[str, object]]:
-    """Step and forward-only times per mode. Returns mode -> timings."""
+def time_train_step(cfg: Config, policy: str, jit_compile: bool, eager: bool = False,
+                    nets_opts=None, forward: bool = False, batch_size: Optional[int] = None,
+                    log=print) -> Dict[str, object]:
+    """Median time of the post-burn-in CoopNet `train_step` under a Keras dtype `policy`
+    (``float32``, ``mixed_float16``, ``mixed_bfloat16``), the forward XLA-compiled or not,
+    in a `tf.function` (or eagerly). `nets_opts` reuses networks and optimizers built
+    under the same policy; `batch_size` overrides `cfg.batch_size`.
+
+    Returns: {"policy", "jit_compile_forward", "batch_size", "step", ["forward",
+    "backward_and_update_s", "forward_share"], "snippets_per_second", "nets_opts"}.
+    """
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from coopnet_tf.training.step import Phase  # pylint: disable=import-outside-toplevel
+    bs = batch_size or cfg.batch_size
     phase = Phase(burn_in=False, update_quantiles=True)
-    batch = _random_batch(cfg)
+    batch = _random_batch(dataclasses.replace(cfg, batch_size=bs))
     seed = tf.constant([0, 1], tf.int64)
-    results: Dict[str, Dict[str, object]] = {}
-    float_nets = float_opts = None
-    mixed_policy = "mixed_float16" if gpu else "mixed_bfloat16"
-    for mode in cfg.modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
-        policy = mixed_policy if mode == "mixed" else "float32"
-        if policy == "float32":
-            if float_nets is None:
-                float_nets, float_opts = _build_networks(cfg, "float32")
-            nets, opts = float_nets, float_opts
-        else:
-            nets, opts = _build_networks(cfg, policy)
-        keras.mixed_precision.set_global_policy(policy)
-        step = _make_step(nets, opts, jit_compile=(mode == "xla"), batch_size=cfg.batch_size)
+    nets, opts = nets_opts if nets_opts is not None else _build_networks(cfg, policy)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        step = _make_step(nets, opts, jit_compile=jit_compile, batch_size=bs)
 
         def train_fn(s=step):
             return s.train_step(batch, phase, seed)
@@ -147,29 +146,51 @@ def time_step_modes(cfg: Config, gpu: bool, log=print) -> Dict[str, Dict[str, ob
                                             update_quantiles=False)
             return losses["total_theta_alpha"], losses["total_delta"]
 
-        if mode != "eager":
+        if not eager:
             train_fn = tf.function(train_fn)
             forward_fn = tf.function(forward_fn)
-        iters = cfg.eager_iters if mode == "eager" else cfg.iters
-        log(f"[throughput] {mode} ({policy}): step x{cfg.warmup}+{iters}")
+        iters = cfg.eager_iters if eager else cfg.iters
+        log(f"[throughput] {policy} xla={jit_compile} eager={eager} b{bs}: "
+            f"step x{cfg.warmup}+{iters}")
         t_step = common.median_time(train_fn, cfg.warmup, iters)
-        entry = {"policy": policy, "jit_compile_forward": mode == "xla", "step": t_step}
-        if cfg.forward:
-            log(f"[throughput] {mode}: forward-only x{cfg.warmup}+{iters}")
+        entry = {"policy": policy, "jit_compile_forward": jit_compile, "batch_size": bs,
+                 "step": t_step}
+        if forward:
             t_fwd = common.median_time(forward_fn, cfg.warmup, iters)
             entry["forward"] = t_fwd
             entry["backward_and_update_s"] = t_step["median_s"] - t_fwd["median_s"]
             entry["forward_share"] = t_fwd["median_s"] / t_step["median_s"]
-        entry["snippets_per_second"] = cfg.batch_size / t_step["median_s"]
+        entry["snippets_per_second"] = bs / t_step["median_s"]
+        entry["nets_opts"] = (nets, opts)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return entry
+
+
+def time_step_modes(cfg: Config, gpu: bool, log=print) -> Dict[str, Dict[str, object]]:
+    """Step and forward-only times per mode. Returns mode -> timings."""
+    results: Dict[str, Dict[str, object]] = {}
+    float_nets = None
+    mixed_policy = "mixed_float16" if gpu else "mixed_bfloat16"
+    for mode in cfg.modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        policy = mixed_policy if mode == "mixed" else "float32"
+        entry = time_train_step(cfg, policy, jit_compile=(mode == "xla"), eager=(mode == "eager"),
+                                nets_opts=float_nets if policy == "float32" else None,
+                                forward=cfg.forward, log=log)
+        if policy == "float32":
+            float_nets = entry["nets_opts"]
+        del entry["nets_opts"], entry["batch_size"]
         results[mode] = entry
-        log(f"[throughput] {mode}: step {t_step['median_s']:.3f} s "
-            f"(first call {t_step['first_call_s']:.1f} s)")
-    keras.mixed_precision.set_global_policy("float32")
-    return results, float_nets
+        log(f"[throughput] {mode}: step {entry['step']['median_s']:.3f} s "
+            f"(first call {entry['step']['first_call_s']:.1f} s)")
+    return results, (float_nets[0] if float_nets is not None else None)
 
 
-def time_p2(cfg: Config) -> Dict[str, object]:
-    """The P² update alone and the whole coopnet apportionment call, same-sized inputs."""
+def time_p2(cfg: Config, estimator: str = "p2") -> Dict[str, object]:
+    """The quantile update alone (P², or `estimator`) and the whole coopnet apportionment
+    call, same-sized inputs."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
@@ -184,7 +205,7 @@ def time_p2(cfg: Config) -> Dict[str, object]:
         phi_identity=t(rng.uniform(0, 1, shape + (1,))),
         rigid_flow=t(rng.normal(0, 5, shape + (2,))), optical_flow=t(rng.normal(0, 5, shape + (2,))),
         non_occluded=t(rng.uniform(0, 1, shape + (1,)) > 0.1))
-    strategy = apportion.make_strategy("coopnet")
+    strategy = apportion.make_strategy("coopnet", quantile_estimator=estimator)
     layer = strategy.quantile_layer
     delta = apportion.compute_delta(inputs.phi_rigid, inputs.phi_flow)
     dflow = apportion.compute_delta_flow(inputs.rigid_flow, inputs.optical_flow)

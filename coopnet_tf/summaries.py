@@ -8,8 +8,8 @@ these functions only turn named tensors into summaries, under fixed name scopes:
 * ``apportion/<name>``   — quantile values, fraction of pixels in V and in the tails;
 * ``histograms/delta``, ``histograms/delta_flow_x|y`` — the per-pixel Δ and Δflow values
   (the paper's Fig. 1, live);
-* ``images/<name>``      — input frame, depth colour map, flow colour wheel, rigid flow,
-  V mask, occlusion mask.
+* ``images/<name>``      — input frame, depth in metres (fixed log scale), disparity
+  (per image), flow colour wheel, rigid flow, V mask, occlusion mask.
 
 Colour maps come from `coopnet_tf.visualize` (magma for depth, the Middlebury wheel for
 flow).
@@ -18,14 +18,16 @@ from typing import Mapping, Optional
 
 import tensorflow as tf
 
-from coopnet_tf import visualize
+from coopnet_tf import specs, visualize
 
 # Image endpoints understood by `write_images` (keys of the endpoint dict) and how they are
-# drawn: "image" = RGB in [0, 1]; "depth" = magma of inverse depth; "disparity" = magma;
-# "flow" = colour wheel; "mask" = grey; "heat" = magma scaled to the image's maximum.
+# drawn: "image" = RGB in [0, 1]; "log_depth" = depth in metres, fixed log scale
+# [specs.MIN_DEPTH, specs.MAX_DEPTH] (near = dark); "depth" = magma of inverse depth;
+# "disparity" = magma normalised per image (near = bright); "flow" = colour wheel;
+# "mask" = grey; "heat" = magma scaled to the image's maximum.
 IMAGE_KINDS = {
     "target": "image",
-    "depth": "depth",
+    "depth": "log_depth",
     "disparity": "disparity",
     "flow": "flow",
     "rigid_flow": "flow",
@@ -81,6 +83,8 @@ def colorize_endpoint(kind: str, value: tf.Tensor) -> tf.Tensor:
     value = tf.cast(value, tf.float32)
     if kind == "image":
         return tf.clip_by_value(value, 0.0, 1.0)
+    if kind == "log_depth":
+        return visualize.colorize_log_depth_tf(value, specs.MIN_DEPTH, specs.MAX_DEPTH)
     if kind == "depth":
         return visualize.colorize_depth_tf(value)
     if kind == "disparity":

@@ -84,7 +84,10 @@ def main(argv):
     if FLAGS.model_dir:
         kwargs["model_dir"] = FLAGS.model_dir
     logging.info("gin files: %s", FLAGS.gin_file)
-    loop.train_and_evaluate(**kwargs)
+    try:
+        loop.train_and_evaluate(**kwargs)
+    except loop.TrainingDivergedError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Colour maps:
   `max_flow` is given); values beyond the normaliser are darkened (×0.75).
 """
 import functools
+import math
 
 import numpy as np
 
@@ -312,6 +313,18 @@ def colorize_depth_tf(depth, vmax=None, percentile=95.0, eps=1e-6):
     valid = tf.math.is_finite(d) & (d > eps)
     inv = tf.where(valid, 1.0 / tf.where(valid, d, tf.ones_like(d)), tf.zeros_like(d))
     return colorize_tf(inv, vmin=0.0, vmax=vmax, percentile=percentile)
+
+
+def colorize_log_depth_tf(depth, min_depth, max_depth):
+    """Depth in metres on a fixed log scale from ``min_depth`` (black) to ``max_depth``
+    (bright), magma: the same colour means the same distance at every step and in every
+    image (unlike `colorize_disparity_tf`, normalised per image, near = bright).
+    [..., H, W(, 1)] -> float32 [..., H, W, 3]."""
+    tf = _tf()
+    d = _tf_squeeze_channel(tf, tf.cast(depth, tf.float32))
+    d = tf.clip_by_value(tf.where(tf.math.is_finite(d), d, max_depth), min_depth, max_depth)
+    t = (tf.math.log(d) - math.log(min_depth)) / (math.log(max_depth) - math.log(min_depth))
+    return colorize_tf(t, vmin=0.0, vmax=1.0)
 
 
 def flow_to_color_tf(flow, max_flow=None, valid=None):

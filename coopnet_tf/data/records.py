@@ -167,8 +167,9 @@ def _open_binary(path: str):
     return open(path, "rb"), os.path.getsize(path)
 
 
-def count_file_records(path: str) -> int:
-    """Records in one TFRecord file, from its framing (no parsing, no CRC check).
+def count_file_records(path: str, at_most: Optional[int] = None) -> int:
+    """Records in one TFRecord file, from its framing (no parsing, no CRC check); with
+    ``at_most``, counting stops once that many are found.
 
     Raises:
       ValueError: "truncated TFRecord file <path>".
@@ -184,14 +185,22 @@ def count_file_records(path: str) -> int:
             (length,) = struct.unpack("<Q", header)
             position += 8 + 4 + length + 4
             count += 1
+            if at_most is not None and count >= at_most:
+                return count
     if position != size:
         raise ValueError(f"truncated TFRecord file {path}")
     return count
 
 
-def count_records(file_pattern: Patterns) -> int:
-    """Number of snippets in the files of ``file_pattern`` (framing only, fast)."""
-    return sum(count_file_records(path) for path in list_files(file_pattern))
+def count_records(file_pattern: Patterns, at_most: Optional[int] = None) -> int:
+    """Number of snippets in the files of ``file_pattern`` (framing only, fast); with
+    ``at_most``, counting stops once that many are found."""
+    total = 0
+    for path in list_files(file_pattern):
+        total += count_file_records(path, None if at_most is None else at_most - total)
+        if at_most is not None and total >= at_most:
+            break
+    return total
 
 
 def has_ground_truth(file_pattern: Patterns) -> bool:

@@ -20,7 +20,7 @@ strategy:
 Interface (what the training step codes against):
 
 1. ``strategy = make_strategy(name, **options)`` — inside ``strategy_scope`` of
-   ``tf.distribute`` if any, because ``coopnet`` creates its ``P2Quantiles`` layer.
+   ``tf.distribute`` if any, because ``coopnet`` creates its quantile layer.
 2. Every step: ``app = strategy(ApportionInputs(...), use_quantiles, update_quantiles)``
    with scale-0 maps; returns an ``Apportionment`` (masks/weights are stop-gradient).
 3. Every scale s: ``photometric.rigid_photometric_loss(phi_rigid_s, phi_identity, app.rigid_mask,
@@ -311,7 +311,7 @@ class ApportionmentStrategy:
         self.delta_flow_eps = float(delta_flow_eps)
 
     @property
-    def quantile_layer(self) -> Optional[quantile_lib.P2Quantiles]:
+    def quantile_layer(self) -> Optional[quantile_lib.RunningQuantiles]:
         return None
 
     @property
@@ -387,7 +387,8 @@ class GLNetMinStrategy(ApportionmentStrategy):
 
 
 class CoopNetStrategy(ApportionmentStrategy):
-    """Table 4 rows 3+ (Eqs. 8-14) with P² quantiles of the previous epoch.
+    """Table 4 rows 3+ (Eqs. 8-14) with running quantiles (weighted summary or P²) of the
+    previous epoch.
 
     Args:
       use_flow_prior: V = V_η ∩ V_ζ (Eq. 14) if True, else V = V_η (Eq. 10).
@@ -396,9 +397,13 @@ class CoopNetStrategy(ApportionmentStrategy):
       tail_probability: "tails" weighting: Γ = Δ outside [q(t), q(1−t)] (0.15/0.85).
       flow_weighting: "tails" (the text's reading, default) or "eq11" (Eq. 11 literally:
         Γ = Δ outside V_η, i.e. outside [q0.35, q0.65]).
-      sample_size: P² subsample per variable per global step.
-      seed: P² subsampling seed.
-      jit_compile: XLA-compile the per-pixel work, the subsampling and the P² loop.
+      sample_size: quantile subsample per variable per global step.
+      seed: subsampling seed.
+      jit_compile: XLA-compile the per-pixel work, the subsampling and the quantile update.
+      quantile_estimator: "summary" (default; `quantile.SummaryQuantiles`: the quantiles
+        of the epoch's stream from one sort per step, no loop) or "p2" (the paper's P², a
+        sequential loop of `sample_size` iterations per step). Why: docs/performance.md.
+      summary_size: points per variable of the "summary" estimator.
       delta_flow_eps: ε (px) of Eq. 13's denominator.
       histogram_size: unused (the histograms are the P² subsample, `sample_size` values
         per global step); accepted for a uniform signature.
@@ -409,7 +414,9 @@ class CoopNetStrategy(ApportionmentStrategy):
                  zeta: float = DEFAULT_ZETA, tail_probability: float = DEFAULT_TAIL_PROBABILITY,
                  flow_weighting: str = "tails",
                  sample_size: int = quantile_lib.DEFAULT_SAMPLE_SIZE, seed: int = 0,
-                 jit_compile: bool = True, delta_flow_eps: float = DELTA_FLOW_EPS,
+                 jit_compile: bool = True, quantile_estimator: str = "summary",
+                 summary_size: int = quantile_lib.DEFAULT_SUMMARY_SIZE,
+                 delta_flow_eps: float = DELTA_FLOW_EPS,
                  histogram_size: int = DEFAULT_HISTOGRAM_SIZE):
         super().__init__(histogram_size, jit_compile, delta_flow_eps)
         if flow_weighting not in FLOW_WEIGHTINGS:
@@ -434,9 +441,11 @@ class CoopNetStrategy(ApportionmentStrategy):
             DELTA_FLOW_X: list(self.zeta_probs),
             DELTA_FLOW_Y: list(self.zeta_probs),
         }
-        self._layer = quantile_lib.P2Quantiles(
-            probabilities, sample_size=sample_size, seed=seed, jit_compile=jit_compile,
-            name="p2_quantiles")
+        self.quantile_estimator = quantile_estimator
+        extra = {"summary_size": summary_size} if quantile_estimator == "summary" else {}
+        self._layer = quantile_lib.make_quantile_layer(
+            quantile_estimator, probabilities=probabilities, sample_size=sample_size,
+            seed=seed, jit_compile=jit_compile, name=f"{quantile_estimator}_quantiles", **extra)
 
     @property
     def quantile_layer(self):

@@ -49,22 +49,34 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
         "cc": Ranjan et al.'s moderator, `make_competitive_collaboration`).
       **options: the strategy's constructor arguments (`apportion.CoopNetStrategy`:
         use_flow_prior, eta, zeta, tail_probability, flow_weighting, sample_size, seed,
-        jit_compile, delta_flow_eps). gin may bind any of them.
+        jit_compile, quantile_estimator ('summary' | 'p2'), summary_size, delta_flow_eps).
+        gin may bind any of them.
 
-    Options the chosen strategy does not take (e.g. ``eta`` bound in base.gin while an
-    ablation config selects ``baseline``) are dropped with a log line, so a config can
-    switch the strategy with one binding.
+    Options the chosen strategy does not take but another strategy does (e.g. ``eta``
+    bound in base.gin while an ablation config selects ``baseline``) are dropped with a
+    log line, so a config can switch the strategy with one binding. An option no strategy
+    takes (a typo such as ``eta_``) is an error.
 
     Call inside `strategy.scope()` (coopnet creates its P² layer's variables).
+
+    Raises:
+      ValueError: an unknown strategy, or an option no strategy accepts (the message names
+        it and the chosen strategy's options).
     """
     if name in competitive_strategy.NAMES:
         return make_competitive_collaboration(**options)
     cls = apportion.STRATEGIES.get(name)
     if cls is not None:
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        accepted = _options_of(cls)
+        unknown = sorted(k for k in options if k not in _known_options())
+        if unknown:
+            raise ValueError(
+                f"make_apportionment: unknown option(s) {unknown} for strategy {name!r}; "
+                f"it accepts {sorted(accepted)}")
         dropped = sorted(k for k in options if k not in accepted)
         if dropped:
-            logging.info("make_apportionment(%r): ignoring options %s", name, dropped)
+            logging.info("make_apportionment(%r): ignoring options of other strategies %s",
+                         name, dropped)
         options = {k: v for k, v in options.items() if k in accepted}
     return apportion.make_strategy(name, **options)
 
@@ -76,11 +88,14 @@ def make_competitive_collaboration(**options):
     its optimizer from `make_optimizer` in the gin scope ``moderator`` (e.g.
     ``moderator/make_optimizer.learning_rate = 1e-4``). ``options`` are the arguments of
     `competitive_strategy.CompetitiveCollaborationStrategy` (period, period_unit,
-    flow_threshold, flow_norm, ...); others are dropped with a log line.
+    flow_threshold, flow_norm, ...); other strategies' options are dropped with a log line.
     """
     cls = competitive_strategy.CompetitiveCollaborationStrategy
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "moderator",
-                                                                   "optimizer"}
+    accepted = _options_of(cls)
+    unknown = sorted(k for k in options if k not in _known_options())
+    if unknown:
+        raise ValueError(f"make_apportionment: unknown option(s) {unknown} for strategy "
+                         f"'competitive_collaboration'; it accepts {sorted(accepted)}")
     dropped = sorted(k for k in options if k not in accepted)
     if dropped:
         logging.info("make_apportionment('competitive_collaboration'): ignoring options %s",
@@ -89,6 +104,20 @@ def make_competitive_collaboration(**options):
     with gin.config_scope("moderator"):
         optimizer = optimizers.make_optimizer(name="adam_moderator")
     return cls(moderator, optimizer, **{k: v for k, v in options.items() if k in accepted})
+
+
+def _options_of(cls) -> set:
+    """Constructor options a config may bind (the networks a strategy owns are built
+    here, not bound)."""
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "moderator",
+                                                               "optimizer"}
+
+
+def _known_options() -> set:
+    """Options of every strategy (the built-in ones and Competitive Collaboration)."""
+    classes = list(apportion.STRATEGIES.values()) + [
+        competitive_strategy.CompetitiveCollaborationStrategy]
+    return set().union(*(_options_of(c) for c in classes))
 
 
 @gin.configurable

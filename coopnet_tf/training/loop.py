@@ -49,6 +49,11 @@ from coopnet_tf.training.step import CoopTrainStep, Phase
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
 EVAL_SCALARS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")
 EVAL_PRINTED = ("abs_rel", "rmse", "a1")
+QUANTILES_CURRENT = "quantiles/current/"
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive training steps had non-finite losses or gradients."""
 
 
 class TrainConfig(NamedTuple):
@@ -77,6 +82,7 @@ class TrainConfig(NamedTuple):
     deterministic_data: bool = True
     run_eagerly: bool = False
     progress: bool = True
+    max_consecutive_nonfinite_steps: int = 20
 
     @property
     def total_steps(self) -> int:
@@ -110,6 +116,29 @@ def write_operative_config(model_dir: str) -> str:
     return path
 
 
+def remove_stale_temporaries(directory: str) -> list:
+    """Deletes ``ckpt-*_temp*`` left in a checkpoint directory by a killed (or disk-full)
+    save; returns what it removed. A finished checkpoint never has that name."""
+    removed = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(directory, "ckpt-*_temp*"))):
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+        removed.append(path)
+    return removed
+
+
+def batch_size_warning(train_files, batch_size: int) -> Optional[str]:
+    """A warning when the training split holds fewer snippets than one batch (the
+    pipeline then repeats snippets inside every batch), else None."""
+    num_records = records.count_records(train_files, at_most=batch_size)
+    if num_records >= batch_size:
+        return None
+    return (f"batch_size {batch_size} is larger than the {num_records} training snippets of "
+            f"{train_files}: every batch repeats snippets")
+
+
 def build_networks(height: int, width: int):
     """The three networks from their gin factories at the training resolution."""
     return (models.build_depth_net(height=height, width=width),
@@ -125,7 +154,7 @@ class Progress:
         self.total, self.n, self.enabled = int(total), int(initial), bool(enabled)
         self.losses: Dict[str, str] = {}
         self.interval, self._last_line, self._start = interval, time.time(), time.time()
-        self._start_step = self.n
+        self._start_step = self._printed = self.n
         self.bar = None
         if self.enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
@@ -143,8 +172,9 @@ class Progress:
 
     def line(self) -> None:
         """One plain line (no terminal): steps, rate, the main losses."""
-        if self.bar is not None or not self.enabled:
+        if self.bar is not None or not self.enabled or self.n == self._printed:
             return
+        self._printed = self.n
         now = time.time()
         rate = (self.n - self._start_step) / max(now - self._start, 1e-9)
         losses = " ".join(f"{k}={v}" for k, v in self.losses.items())
@@ -221,12 +251,15 @@ class Trainer:
         self.best_manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.write_dir, run_layout.BEST_SUBDIR),
             max_to_keep=1, step_counter=self.global_step)
+        for directory in (self.manager.directory, self.best_manager.directory):
+            for path in remove_stale_temporaries(directory):
+                logging.warning("removed %s, left by an interrupted checkpoint save", path)
         self._loop_fns: Dict[Phase, object] = {}
         self._diag_fns: Dict[Phase, object] = {}
         self._predict_fn = None
         self.metrics: Dict[str, float] = {}   # the last validation result
         self._summary_sums: Dict[str, float] = {}
-        self._summary_steps = 0
+        self._summary_steps: Dict[str, int] = {}
         self._last_summary = 0
         self._wrote_config = False
 
@@ -246,6 +279,9 @@ class Trainer:
         path = self.manager.save(checkpoint_number=self.global_step)
         if best:
             self.best_manager.save(checkpoint_number=self.global_step)
+        if not self.is_chief:
+            # every worker takes part in a save; only the chief's copy is kept
+            tf.io.gfile.rmtree(self.write_dir)
         return path
 
     # -------------------------------------------------------------------- data ----
@@ -378,10 +414,12 @@ class Trainer:
                     phase = self.schedule.phase(step)
                     n = self._chunk(step, epoch_end)
                     t0 = time.time()
+                    skipped_before = int(self.step.nonfinite_steps.numpy())
                     sums = self.loop_fn(phase)(iterator, tf.constant(n, tf.int64))
                     sums = {k: float(v) for k, v in sums.items()}
                     elapsed = time.time() - t0
                     step += n
+                    self._check_nonfinite(step, n, skipped_before)
                     bar.advance(n, {k.split("/", 1)[1]: v / n for k, v in sums.items()
                                     if k.startswith("losses/")})
                     if not self._wrote_config and self.is_chief:
@@ -402,15 +440,40 @@ class Trainer:
             self.writer.flush()
         return step
 
+    def _check_nonfinite(self, step: int, num_steps: int, skipped_before: int) -> None:
+        """Warns when steps of the last call were skipped; raises `TrainingDivergedError`
+        after ``max_consecutive_nonfinite_steps`` skipped steps in a row."""
+        total = int(self.step.nonfinite_steps.numpy())
+        if total == skipped_before:
+            return
+        in_a_row = int(self.step.consecutive_nonfinite_steps.numpy())
+        limit = self.config.max_consecutive_nonfinite_steps
+        logging.warning(
+            "step %d: %d of the last %d steps skipped (non-finite loss or gradients; %d in a "
+            "row, %d in all)%s", step, total - skipped_before, num_steps, in_a_row, total,
+            f"; the run stops after {limit} in a row" if limit else "")
+        if limit and in_a_row >= limit:
+            raise TrainingDivergedError(
+                f"training diverged: the last {in_a_row} steps (up to step {step}) had "
+                f"non-finite losses or gradients and were skipped "
+                f"(train_and_evaluate.max_consecutive_nonfinite_steps = {limit}). The weights "
+                f"are those of step {step - in_a_row}; the latest checkpoint is "
+                f"{self.manager.latest_checkpoint}. Lower the learning rate or clip the "
+                f"gradients (step_options.gradient_clip_norm).")
+
     def write_summaries(self, step: int, sums: Dict[str, float], num_steps: int,
                         elapsed: float, phase: Phase) -> None:
         """Accumulates a call's loss sums; writes their means (plus learning rates,
         skipped steps, throughput) every ``summary_every_steps``, and images and
         histograms of the fixed validation batch every ``image_every_steps``."""
         cfg = self.config
+        layer = self.apportionment.quantile_layer
+        frozen = layer is not None and bool(np.any(layer.current_valid.numpy() > 0.5))
         for k, v in sums.items():
+            if k.startswith(QUANTILES_CURRENT) and not frozen:
+                continue     # no frozen quantiles yet (burn-in): nothing to plot
             self._summary_sums[k] = self._summary_sums.get(k, 0.0) + v
-        self._summary_steps += num_steps
+            self._summary_steps[k] = self._summary_steps.get(k, 0) + num_steps
         if not self.is_chief:
             return
         every = cfg.summary_every_steps
@@ -430,7 +493,7 @@ class Trainer:
                     "burn_in": float(phase.burn_in),
                 }, step, prefix="train")
             self._last_summary = step
-            self._summary_sums, self._summary_steps = {}, 0
+            self._summary_sums, self._summary_steps = {}, {}
         if self.diag_batch is not None and cfg.image_every_steps and \
                 step % cfg.image_every_steps == 0:
             _, images, hists = self.diagnostics_fn(phase)(self.diag_batch)
@@ -447,15 +510,32 @@ class Trainer:
         best = False
         if self.config.val_files:
             self.metrics = self.evaluate()
-            key = "abs_rel" if self.has_ground_truth else "val_photo_theta_alpha"
-            value = self.metrics.get(key, float("nan"))
-            if math.isfinite(value) and value < float(self.best_metric.numpy()):
-                self.best_metric.assign(value)
-                best = True
+            best = self._record_best(self.metrics.get(self._validation_key(), float("nan")))
             self.log_eval(self.metrics, step, f"epoch {step // self.config.steps_per_epoch}")
         self.save(best=best)
 
+    def _record_best(self, value: float) -> bool:
+        """True (and the best metric updated) when ``value`` is finite and beats it."""
+        if math.isfinite(value) and value < float(self.best_metric.numpy()):
+            self.best_metric.assign(value)
+            return True
+        return False
+
+    def _validation_key(self) -> str:
+        return "abs_rel" if self.has_ground_truth else "val_photo_theta_alpha"
+
     # -------------------------------------------------------------- evaluation ----
+    def evaluate_untrained(self) -> Dict[str, float]:
+        """Validates the untrained networks (step 0); their checkpoint is the first best,
+        so that ``best/`` and the summary agree when no epoch improves on them."""
+        self.metrics = self.evaluate()
+        self.log_eval(self.metrics, 0, "untrained")
+        if self._record_best(self.metrics.get(self._validation_key(), float("nan"))):
+            self.best_manager.save(checkpoint_number=self.global_step)
+            if not self.is_chief:
+                tf.io.gfile.rmtree(self.write_dir)
+        return self.metrics
+
     def evaluate(self) -> Dict[str, float]:
         """Validation: median-scaled depth metrics with GT, else the photometric loss."""
         ds = self.eval_dataset(self.has_ground_truth)
@@ -511,15 +591,22 @@ def validation_history(model_dir: str) -> str:
         return ""
     parts = [f"{r[key]:.3f} ({r['step']}{', ' + r['tag'] if r['step'] == 0 else ''})"
              for r in results]
-    best = min(results, key=lambda r: r[key])
-    return f"{key} " + " -> ".join(parts) + f"; best {best[key]:.3f} (step {best['step']})"
+    finite = [r for r in results if r[key] is not None and math.isfinite(r[key])]
+    if not finite:
+        return f"{key} " + " -> ".join(parts) + "; best: none (no finite validation)"
+    best = min(finite, key=lambda r: r[key])
+    note = ("; no epoch improved on the untrained network"
+            if best["step"] == 0 and len(results) > 1 else "")
+    return (f"{key} " + " -> ".join(parts) + f"; best {best[key]:.3f} (step {best['step']})"
+            + note)
 
 
-def _scalar_groups(sums: Dict[str, float], num_steps: int):
+def _scalar_groups(sums: Dict[str, float], num_steps: Dict[str, int]):
+    """{prefix: {name: mean}} of ``prefix/name`` sums over their steps."""
     groups: Dict[str, Dict[str, float]] = {}
     for key, value in sums.items():
         prefix, _, name = key.partition("/")
-        groups.setdefault(prefix, {})[name] = float(value) / num_steps
+        groups.setdefault(prefix, {})[name] = float(value) / num_steps[key]
     return groups
 
 
@@ -564,6 +651,7 @@ def train_and_evaluate(
     run_eagerly: bool = False,
     stop_at_step: Optional[int] = None,
     progress: bool = True,
+    max_consecutive_nonfinite_steps: int = 20,
 ) -> Dict[str, float]:
     """Trains CoopNet and evaluates it after every epoch (paper Sec. 4.4 protocol).
 
@@ -599,6 +687,8 @@ def train_and_evaluate(
       stop_at_step: stop (after checkpointing) when the global step reaches it — a
         planned interruption; running again resumes.
       progress: show the tqdm progress bar.
+      max_consecutive_nonfinite_steps: stop with `TrainingDivergedError` after this many
+        skipped (non-finite) steps in a row; 0 never stops. Skipped steps are warned about.
 
     Returns:
       The last validation metrics (plus ``step``, ``epoch``, ``nonfinite_steps``).
@@ -621,14 +711,17 @@ def train_and_evaluate(
         keep_checkpoints=keep_checkpoints, eval_batch_size=int(eval_batch_size),
         max_eval_batches=max_eval_batches, seed=int(seed),
         deterministic_data=bool(deterministic_data), run_eagerly=bool(run_eagerly),
-        progress=bool(progress))
+        progress=bool(progress),
+        max_consecutive_nonfinite_steps=int(max_consecutive_nonfinite_steps))
+    warning = batch_size_warning(train_files, config.batch_size)
+    if warning:
+        logging.warning(warning)
 
     trainer = Trainer(config, strategy)
     restored = trainer.restore()
     trainer.prepare_outputs()
     if restored is None and evaluate_before_training and val_files:
-        trainer.metrics = trainer.evaluate()
-        trainer.log_eval(trainer.metrics, 0, "untrained")
+        trainer.evaluate_untrained()
     start_time = time.time()
     step = trainer.train_until(config.total_steps if stop_at_step is None else stop_at_step)
     if trainer.is_chief:

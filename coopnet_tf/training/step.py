@@ -214,6 +214,10 @@ class CoopTrainStep:
         self.nonfinite_steps = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # skipped steps in a row (0 after an applied step): the loop stops a diverged run
+        self.consecutive_nonfinite_steps = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="consecutive_nonfinite_steps",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._loss_scaling = isinstance(depth_pose_optimizer, keras.optimizers.LossScaleOptimizer)
         if self._loss_scaling and apportionment.trainable_variables and not isinstance(
                 self.strategy_optimizer, keras.optimizers.LossScaleOptimizer):
@@ -308,9 +312,13 @@ class CoopTrainStep:
         disps = [tf.cast(d, tf.float32) for d in self.depth_net(depth_in, training=training)]
         disps = disps[:opts.num_scales]
         num_scales = len(disps)
-        # full-resolution depth of every scale (Monodepth2: upsample the disparity).
-        depths_all = [disp_to_depth(_resize(d, height, width), opts.min_depth, opts.max_depth)[1]
-                      for d in disps]
+        # full-resolution depth of every scale (Monodepth2: upsample the disparity); the
+        # sources' only at the scales that use them (L_gc, the residual flow input).
+        src_scales = (num_scales if use_gc and opts.gc_all_scales
+                      else 1 if need_source_depth else 0)
+        depths_all = [disp_to_depth(_resize(d if k < src_scales else d[:b], height, width),
+                                    opts.min_depth, opts.max_depth)[1]
+                      for k, d in enumerate(disps)]
         depths = [d[:b] for d in depths_all]
         out["disparities"] = [d[:b] for d in disps]
         out["depths"] = depths
@@ -591,7 +599,7 @@ class CoopTrainStep:
                 return tf.constant(0, tf.int64)
 
             increment = tf.cond(skip, lambda: tf.constant(1, tf.int64), do_apply)
-            self.nonfinite_steps.assign_add(increment)
+            self._count_nonfinite(increment)
 
         if ctx is not None and not tf.__internal__.distribute.strategy_supports_no_merge_call():
             ctx.merge_call(cross_replica, args=(bad, *grads))
@@ -600,7 +608,7 @@ class CoopTrainStep:
                 apply_fn(*grads)
                 return tf.constant(0, tf.int64)
             increment = tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64))
-            self.nonfinite_steps.assign_add(increment)
+            self._count_nonfinite(increment)
 
         out = {}
         for key, value in losses.items():
@@ -610,6 +618,12 @@ class CoopTrainStep:
             out[key] = tf.where(tf.math.is_finite(value), value, tf.zeros_like(value)) * scale
         out["train/nonfinite"] = (1.0 - tf.cast(ok, tf.float32)) * scale
         return out
+
+    def _count_nonfinite(self, increment):
+        """increment: 1 when this step was skipped, else 0."""
+        self.nonfinite_steps.assign_add(increment)
+        self.consecutive_nonfinite_steps.assign(
+            (tf.convert_to_tensor(self.consecutive_nonfinite_steps) + increment) * increment)
 
     # ----------------------------------------------------------- diagnostics ----
     def diagnostics(self, batch: Dict[str, tf.Tensor], phase: Phase, seed):
