@@ -33,6 +33,7 @@ from coopnet_tf.eval import flow as flow_eval
 from coopnet_tf.eval import kitti_flow_io
 from coopnet_tf.eval import motion as motion_eval
 from coopnet_tf.eval import odometry as odom_eval
+from coopnet_tf.eval.inputs import InputError, check_finite, check_png
 
 SUBCOMMANDS = ("depth", "odometry", "flow", "motion")
 
@@ -297,7 +298,10 @@ def predict_disparities(signature, image_paths, height, width, batch_size,
             disp = depth_eval.post_process_disparity(disp, disp_f)
         out.append(disp.astype(np.float32))
         logging.info("depth prediction %d/%d", e, len(image_paths))
-    return np.concatenate(out, 0)
+    disps = np.concatenate(out, 0)
+    check_finite(disps, "disparity", f"the SavedModel's output for {image_paths[0]}...",
+                 positive=True)
+    return disps
 
 
 def cityscapes_gt_depths(lines):
@@ -306,6 +310,7 @@ def cityscapes_gt_depths(lines):
     for ln in lines:
         _, disp_path, cam_path = _cityscapes_paths(FLAGS.data_path, ln)
         fx, baseline = depth_eval.read_cityscapes_camera(cam_path)
+        check_png(disp_path, 16, "grey", "Cityscapes disparity file")
         raw = kitti_flow_io.read_png_uint16(disp_path)[..., 0]
         gts.append(depth_eval.cityscapes_disparity_to_depth(raw, fx, baseline))
     return gts
@@ -339,6 +344,10 @@ def run_depth():
         _require("gt_depths", "pred_disps")
         gt_depths = depth_eval.load_gt_depths(FLAGS.gt_depths)
         pred_disps = depth_eval.load_pred_disps(FLAGS.pred_disps)
+    if len(pred_disps) != len(gt_depths):
+        raise InputError(f"{len(pred_disps)} predicted disparities "
+                         f"({FLAGS.pred_disps or FLAGS.saved_model}) for {len(gt_depths)} "
+                         f"ground-truth maps ({FLAGS.gt_depths or 'Cityscapes disparity/'})")
     result = depth_eval.evaluate_depth(
         gt_depths, pred_disps, protocol=FLAGS.protocol, median_scaling=FLAGS.median_scaling,
         pred_depth_scale_factor=FLAGS.pred_depth_scale_factor, min_depth=FLAGS.min_depth,
@@ -413,6 +422,9 @@ def run_odometry():
     _require("gt_poses", "pred_poses")
     gt = odom_eval.load_kitti_poses(FLAGS.gt_poses)
     pred = odom_eval.load_kitti_poses(FLAGS.pred_poses)
+    if len(gt) != len(pred):
+        raise InputError(f"{FLAGS.gt_poses} has {len(gt)} poses but {FLAGS.pred_poses} has "
+                         f"{len(pred)}: one pose per frame in both")
     result, aligned, gt0 = odom_eval.evaluate_odometry(gt, pred, align=FLAGS.align)
     seq = _sequence_name()
     result["sequence"] = seq
@@ -468,6 +480,9 @@ def run_flow():
     _require("gt_dir", "pred_dir")
     result = flow_eval.evaluate_flow_dirs(FLAGS.gt_dir, FLAGS.pred_dir, FLAGS.flow_resize,
                                           return_per_image=True)
+    if result["n_resized"]:
+        print(f"{result['n_resized']} of {len(result['per_image'])} predictions resized to the "
+              f"ground-truth size ({FLAGS.flow_resize}, values rescaled)")
     if FLAGS.plot_dir:
         from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
         items = []
@@ -549,7 +564,10 @@ def main(argv):
             f"usage: python -m coopnet_tf.evaluate {{{','.join(SUBCOMMANDS)}}} --flags "
             f"(got {argv[1:]})")
     start = time.time()
-    RUNNERS[argv[1]]()
+    try:
+        RUNNERS[argv[1]]()
+    except (InputError, FileNotFoundError) as err:
+        sys.exit(f"evaluate {argv[1]}: error: {err}")
     logging.info("%s evaluation done in %.1f s", argv[1], time.time() - start)
 
 
