@@ -291,6 +291,10 @@ class Trainer:
     # -------------------------------------------------------------- evaluation ----
     def evaluate(self, has_ground_truth: bool) -> Dict[str, float]:
         """Validation: median-scaled depth metrics with GT, else the photometric loss."""
+        with pipeline.naming_bad_records(self.val_files, has_ground_truth):
+            return self._evaluate(has_ground_truth)
+
+    def _evaluate(self, has_ground_truth: bool) -> Dict[str, float]:
         ds = self.eval_dataset(has_ground_truth)
         if self.max_eval_batches:
             ds = ds.take(self.max_eval_batches)
@@ -438,7 +442,8 @@ def train_and_evaluate(
     has_gt = bool(val_files) and records_have_ground_truth(val_files)
     diag_batch = None
     if val_files:
-        diag_batch = next(iter(trainer.eval_dataset(False).take(1)))
+        with pipeline.naming_bad_records(val_files):
+            diag_batch = next(iter(trainer.eval_dataset(False).take(1)))
         diag_batch = {k: v[:min(4, batch_size)] for k, v in diag_batch.items()}
     spe = trainer.steps_per_epoch
     step = int(trainer.global_step.numpy())
@@ -489,7 +494,8 @@ def train_and_evaluate(
                     if cadence:
                         n = min(n, cadence - step % cadence)
                 t0 = time.time()
-                sums = loop_fn(iterator, tf.constant(n, tf.int64))
+                with pipeline.naming_bad_records(trainer.train_files):
+                    sums = loop_fn(iterator, tf.constant(n, tf.int64))
                 sums = {k: float(v) for k, v in sums.items()}
                 elapsed = time.time() - t0
                 step += n
