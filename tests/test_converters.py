@@ -169,6 +169,41 @@ def test_kitti_raw_missing_calibration_and_frames(kitti_copy, tmp_path):
         kitti.raw_snippets(str(kitti_copy), split)
 
 
+def _replace_calib_line(path, key, values):
+    lines = [f"{key}: " + " ".join(f"{v:.6e}" for v in values) if ln.startswith(key + ":") else ln
+             for ln in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_degenerate_intrinsics_are_refused_naming_the_calibration(kitti_copy, tmp_path):
+    split = _write_split(tmp_path / "s.txt", [1, 2])
+    cam_file = kitti_copy / DATE / "calib_cam_to_cam.txt"
+    p = _raw_line(cam_file, "P_rect_02").reshape(3, 4)
+    zero_focal = p.copy()
+    zero_focal[0, 0] = zero_focal[1, 1] = 0.0
+    _replace_calib_line(cam_file, "P_rect_02", zero_focal.ravel())
+    result = _run_tool("convert_kitti_raw.py", f"--data_path={kitti_copy}", f"--split_file={split}",
+                       f"--output_dir={tmp_path / 'out'}", "--num_workers=1", expect_rc=1)
+    assert (f"degenerate intrinsics in calibration file {cam_file} ('P_rect_02'): fx=0 fy=0"
+            in result.stderr), result.stderr
+    assert not list(tmp_path.glob("out/*.tfrecord*"))
+    outside = p.copy()
+    outside[0, 2] = 5000.0  # cx beyond S_rect_02's width (1242)
+    _replace_calib_line(cam_file, "P_rect_02", outside.ravel())
+    with pytest.raises(convert.ConversionError, match=r"principal point outside the 375x1242"):
+        kitti.raw_snippets(str(kitti_copy), split)
+    # the other sources of K: odometry calib.txt, Cityscapes camera json
+    calib = tmp_path / "calib.txt"
+    calib.write_text("".join(f"P{i}: " + " ".join(["0"] * 12) + "\n" for i in range(4)))
+    with pytest.raises(convert.ConversionError, match=rf"degenerate intrinsics in calibration file "
+                                                      rf"{calib} \('P0'\)"):
+        kitti.read_odometry_calib(str(calib))
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"intrinsic": {"fx": -2262.5, "fy": 2265.3, "u0": 1096.9, "v0": 513.1}}))
+    with pytest.raises(convert.ConversionError, match=rf"camera file {camera}: fx=-2262.5"):
+        cityscapes.read_camera_json(str(camera))
+
+
 def test_kitti_raw_missing_neighbour_frame(shared_data, tmp_path):
     split = _write_split(tmp_path / "s.txt", [9])
     with pytest.raises(convert.ConversionError,

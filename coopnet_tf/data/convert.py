@@ -109,6 +109,26 @@ def crop_intrinsics(k: np.ndarray, offset_x: float, offset_y: float) -> np.ndarr
     return k
 
 
+def check_intrinsics(k: np.ndarray, source: str, size: Optional[Tuple[int, int]] = None) -> None:
+    """ConversionError naming `source` (the calibration file and key) unless K is usable:
+    finite, fx > 0, fy > 0, and the principal point inside the (height, width) image when
+    `size` is known (else cx, cy > 0)."""
+    k = np.asarray(k, np.float64).reshape(3, 3)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    problem = None
+    if not np.all(np.isfinite(k)):
+        problem = "non-finite values"
+    elif fx <= 0 or fy <= 0:
+        problem = "focal lengths must be > 0"
+    elif size is not None and not (0 < cx < size[1] and 0 < cy < size[0]):
+        problem = f"principal point outside the {size[0]}x{size[1]} (HxW) image"
+    elif size is None and not (cx > 0 and cy > 0):
+        problem = "principal point must be > 0"
+    if problem:
+        raise ConversionError(f"degenerate intrinsics in {source}: fx={fx:g} fy={fy:g} cx={cx:g} "
+                              f"cy={cy:g} ({problem})")
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -602,6 +622,7 @@ def summary_config(**kwargs) -> Dict:
 
 __all__: List[str] = [
     "ConversionError", "ConverterLock", "ImageOptions", "SnippetSource", "Summary", "check_files_exist",
+    "check_intrinsics",
     "count_records", "crop_intrinsics", "default_num_shards", "encode_image", "encode_snippet",
     "encoder", "load_rgb", "parse_size", "scale_intrinsics", "shard_path", "stored_intrinsics",
     "summary_config", "write_shard", "write_sharded",
