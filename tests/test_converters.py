@@ -51,8 +51,10 @@ def _shard_bytes(output_dir):
     return {p.name: p.read_bytes() for p in sorted(pathlib.Path(output_dir).glob("*.tfrecord"))}
 
 
-def _run_tool(name, *args, expect_rc=0):
+def _run_tool(name, *args, expect_rc=0, hash_seed=None):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = str(hash_seed)
     result = subprocess.run([sys.executable, str(REPO / "tools" / name), *args], capture_output=True,
                             text=True, env=env, timeout=240)
     assert result.returncode == expect_rc, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
@@ -167,6 +169,29 @@ def test_kitti_raw_missing_calibration_and_frames(kitti_copy, tmp_path):
     (kitti_copy / DATE / "calib_cam_to_cam.txt").write_text("")
     with pytest.raises(convert.ConversionError, match=r"calib_cam_to_cam\.txt has no 'key: values' lines"):
         kitti.raw_snippets(str(kitti_copy), split)
+
+
+def _other_hash_seed():
+    """A PYTHONHASHSEED other than this process's (random unless PYTHONHASHSEED is set)."""
+    current = os.environ.get("PYTHONHASHSEED", "random")
+    return int(current) + 1 if current.isdigit() else 1
+
+
+def test_two_conversions_are_byte_identical(shared_data, tmp_path):
+    # The tool in a process with another hash seed than this one (the order of the
+    # tf.train.Example feature map used to follow it) writes the same bytes as here.
+    split = _write_split(tmp_path / "train_files.txt", [1, 2, 3])
+    _run_tool("convert_kitti_raw.py", f"--data_path={shared_data / 'kitti_raw'}",
+              f"--split_file={split}", f"--output_dir={tmp_path / 'tool'}", "--resize=32x104",
+              "--num_shards=1", "--num_workers=1",
+              hash_seed=_other_hash_seed())
+    items = kitti.raw_snippets(str(shared_data / "kitti_raw"), str(split))
+    convert.write_sharded(items, convert.encoder(convert.encode_snippet,
+                                                 options=convert.ImageOptions(resize=(32, 104))),
+                          str(tmp_path / "here"), num_shards=1, show_progress=False)
+    name = "train-00000-of-00001.tfrecord"
+    tool, here = ((tmp_path / d / name).read_bytes() for d in ("tool", "here"))
+    assert len(here) > 0 and tool == here
 
 
 def _replace_calib_line(path, key, values):

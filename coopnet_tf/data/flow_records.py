@@ -169,7 +169,9 @@ def encode_flow_pair(source: FlowPairSource) -> bytes:
         FEATURE_INTRINSICS: tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in k])),
         FEATURE_HAS_INTRINSICS: _ints([int(source.intrinsics is not None)]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so that the bytes do not depend on the process
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def parse_flow_pair(serialized) -> Dict:

@@ -74,7 +74,9 @@ def serialize_snippet(
     if gt_moving_mask is not None:
         feature[specs.FEATURE_GT_MOVING] = _bytes(
             [_checked(gt_moving_mask, (s, height, width), np.uint8, "gt_moving_mask").tobytes()])
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so that the bytes do not depend on the process
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def _checked(array, shape, dtype, name) -> np.ndarray:
