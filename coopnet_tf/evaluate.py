@@ -298,10 +298,7 @@ def predict_disparities(signature, image_paths, height, width, batch_size,
             disp = depth_eval.post_process_disparity(disp, disp_f)
         out.append(disp.astype(np.float32))
         logging.info("depth prediction %d/%d", e, len(image_paths))
-    disps = np.concatenate(out, 0)
-    check_finite(disps, "disparity", f"the SavedModel's output for {image_paths[0]}...",
-                 positive=True)
-    return disps
+    return np.concatenate(out, 0)
 
 
 def cityscapes_gt_depths(lines):
@@ -326,6 +323,8 @@ def run_depth():
         height, width = model_input_size(signature, "image")
         pred_disps = predict_disparities(signature, paths, height, width, FLAGS.batch_size,
                                          FLAGS.post_process, crop)
+        check_finite(pred_disps, "disparity", f"output of SavedModel {FLAGS.saved_model} (image i "
+                     f"= line i of {FLAGS.split_file or 'the sorted image list'})", positive=True)
         if FLAGS.save_pred_disps:
             np.save(FLAGS.save_pred_disps, pred_disps)
             print(f"wrote {FLAGS.save_pred_disps} {pred_disps.shape}")
