@@ -19,13 +19,10 @@ iteration with an InvalidArgumentError naming the file (and the snippet). A reco
 damaged further inside a file (DataLossError "corrupted record at <offset>" / "truncated
 record") or a frame that does not decode ("Invalid PNG data") stops iteration without the
 file name: iterate inside `naming_bad_records(pattern)`, which then finds the damaged file
-and record index with `check_records(pattern)` and re-raises the error with them.
+and record index with `records.check_records(pattern)` and re-raises the error with them.
 """
 import contextlib
-import os
-import re
-import struct
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional
 
 from absl import logging
 import gin
@@ -33,120 +30,11 @@ import tensorflow as tf
 
 from coopnet_tf import specs
 from coopnet_tf.data import augment, records
+# The record-file contract lives in records.py; these names stay importable from here.
+from coopnet_tf.data.records import (  # noqa: F401
+    Patterns, check_file_header, check_records, list_files)
 
 AUTOTUNE = tf.data.AUTOTUNE
-Patterns = Union[str, Sequence[str]]
-
-
-# ----------------------------------------------------------------------------------
-# Files
-# ----------------------------------------------------------------------------------
-
-def list_files(file_pattern: Patterns) -> List[str]:
-    """Sorted files matching a glob, a comma-separated list of globs, or a list of globs.
-
-    Raises:
-      FileNotFoundError: naming the pattern(s) when nothing matches.
-    """
-    patterns = ([p for p in file_pattern.split(",") if p] if isinstance(file_pattern, str)
-                else [os.fspath(p) for p in file_pattern])
-    if not patterns:
-        raise FileNotFoundError(f"empty file pattern {file_pattern!r}")
-    files = []
-    for pattern in patterns:
-        matched = tf.io.gfile.glob(os.path.expanduser(pattern))
-        if not matched:
-            raise FileNotFoundError(
-                f"no TFRecord files match the pattern {pattern!r}"
-                + (f" (of {file_pattern!r})" if len(patterns) > 1 else ""))
-        files.extend(matched)
-    return sorted(set(files))
-
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def check_file_header(path: str) -> None:
-    """Cheap check (12 bytes) that `path` starts like a TFRecord file.
-
-    Raises:
-      ValueError: naming the file when its first record header is invalid or truncated.
-    """
-    size = tf.io.gfile.stat(path).length
-    if size == 0:
-        return  # an empty TFRecord file is valid (no records)
-    with tf.io.gfile.GFile(path, "rb") as f:
-        header = f.read(12)
-    if len(header) < 12:
-        raise ValueError(f"{path}: truncated TFRecord file ({size} bytes)")
-    (length,) = struct.unpack("<Q", header[:8])
-    (crc,) = struct.unpack("<I", header[8:])
-    if crc != _masked_crc32c(header[:8]):
-        raise ValueError(f"{path}: not a TFRecord file (bad record header at offset 0); "
-                         "was it written with tf.io.TFRecordWriter, uncompressed?")
-    if 12 + length + 4 > size:
-        raise ValueError(f"{path}: truncated TFRecord file (first record of {length} bytes, "
-                         f"file of {size} bytes)")
-
-
-def check_records(file_pattern: Patterns, with_ground_truth: bool = False) -> Dict[str, int]:
-    """Reads and parses every record of every file; names the first damaged one.
-
-    Use it when iteration stops with a DataLossError / InvalidArgumentError that does not
-    say which file is at fault (tf.data does not).
-
-    Returns:
-      {file: number of records}.
-
-    Raises:
-      ValueError: "<file>: record <i>: <TensorFlow's message>".
-    """
-    counts = {}
-    for path in list_files(file_pattern):
-        check_file_header(path)
-        count = 0
-        # In order, one record at a time: `count` is the index of the failing record.
-        ds = tf.data.TFRecordDataset(path).map(
-            lambda r: records.parse_snippet(r, with_ground_truth=with_ground_truth))
-        try:
-            for _ in ds:
-                count += 1
-        except (tf.errors.OpError, ValueError) as e:
-            raise ValueError(f"{path}: record {count}: {_tf_message(e)}") from e
-        counts[path] = count
-    return counts
-
-
-def _tf_message(error: Exception) -> str:
-    """The informative line of a TensorFlow error, without `{{function_node ...}}`,
-    `[Op:...]`, "Graph execution error:" and node-location lines."""
-    for line in (getattr(error, "message", None) or str(error)).strip().splitlines():
-        line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line.strip())
-        line = re.sub(r"^Error in user-defined function passed to .* with iterator: [\w:]+: ", "",
-                      line)
-        line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line).strip()
-        if line and not line.startswith(("Graph execution error", "Detected at node",
-                                          "<stack traces", "[[")):
-            return line
-    return ""
 
 
 # Errors tf.data raises without naming the file: a damaged TFRecord framing
@@ -168,14 +56,14 @@ def naming_bad_records(file_pattern: Patterns, with_ground_truth: bool = False):
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-        problem = _tf_message(err)
+        problem = records.tf_error_message(err)
         if not (isinstance(err, tf.errors.DataLossError)
                 or any(k in (err.message or "") for k in _UNNAMED_DATA_ERRORS)):
             raise
         logging.error("input pipeline failed (%s); reading %s again to find the damaged record",
                       problem, file_pattern)
         try:
-            check_records(file_pattern, with_ground_truth)
+            records.check_records(file_pattern, with_ground_truth)
         except ValueError as located:
             raise type(err)(err.node_def, err.op, f"damaged input data: {located}") from err
         raise
