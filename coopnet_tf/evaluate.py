@@ -33,6 +33,7 @@ from coopnet_tf.eval import flow as flow_eval
 from coopnet_tf.eval import kitti_flow_io
 from coopnet_tf.eval import motion as motion_eval
 from coopnet_tf.eval import odometry as odom_eval
+from coopnet_tf.eval.inputs import InputError, check_finite, check_png
 from coopnet_tf.images import load_image
 from coopnet_tf.run_layout import resolve_saved_model_dir
 
@@ -282,6 +283,7 @@ def cityscapes_gt_depths(lines):
     for ln in lines:
         _, disp_path, cam_path = _cityscapes_paths(FLAGS.data_path, ln)
         fx, baseline = depth_eval.read_cityscapes_camera(cam_path)
+        check_png(disp_path, 16, "grey", "Cityscapes disparity file")
         raw = kitti_flow_io.read_png_uint16(disp_path)[..., 0]
         gts.append(depth_eval.cityscapes_disparity_to_depth(raw, fx, baseline))
     return gts
@@ -297,6 +299,8 @@ def run_depth():
         height, width = model_input_size(signature, "image")
         pred_disps = predict_disparities(signature, paths, height, width, FLAGS.batch_size,
                                          FLAGS.post_process, crop)
+        check_finite(pred_disps, "disparity", f"output of SavedModel {FLAGS.saved_model} (image i "
+                     f"= line i of {FLAGS.split_file or 'the sorted image list'})", positive=True)
         if FLAGS.save_pred_disps:
             np.save(FLAGS.save_pred_disps, pred_disps)
             print(f"wrote {FLAGS.save_pred_disps} {pred_disps.shape}")
@@ -315,6 +319,10 @@ def run_depth():
         _require("gt_depths", "pred_disps")
         gt_depths = depth_eval.load_gt_depths(FLAGS.gt_depths)
         pred_disps = depth_eval.load_pred_disps(FLAGS.pred_disps)
+    if len(pred_disps) != len(gt_depths):
+        raise InputError(f"{len(pred_disps)} predicted disparities "
+                         f"({FLAGS.pred_disps or FLAGS.saved_model}) for {len(gt_depths)} "
+                         f"ground-truth maps ({FLAGS.gt_depths or 'Cityscapes disparity/'})")
     result = depth_eval.evaluate_depth(
         gt_depths, pred_disps, protocol=FLAGS.protocol, median_scaling=FLAGS.median_scaling,
         pred_depth_scale_factor=FLAGS.pred_depth_scale_factor, min_depth=FLAGS.min_depth,
@@ -389,6 +397,9 @@ def run_odometry():
     _require("gt_poses", "pred_poses")
     gt = odom_eval.load_kitti_poses(FLAGS.gt_poses)
     pred = odom_eval.load_kitti_poses(FLAGS.pred_poses)
+    if len(gt) != len(pred):
+        raise InputError(f"{FLAGS.gt_poses} has {len(gt)} poses but {FLAGS.pred_poses} has "
+                         f"{len(pred)}: one pose per frame in both")
     result, aligned, gt0 = odom_eval.evaluate_odometry(gt, pred, align=FLAGS.align)
     seq = _sequence_name()
     result["sequence"] = seq
@@ -444,6 +455,9 @@ def run_flow():
     _require("gt_dir", "pred_dir")
     result = flow_eval.evaluate_flow_dirs(FLAGS.gt_dir, FLAGS.pred_dir, FLAGS.flow_resize,
                                           return_per_image=True)
+    if result["n_resized"]:
+        print(f"{result['n_resized']} of {len(result['per_image'])} predictions resized to the "
+              f"ground-truth size ({FLAGS.flow_resize}, values rescaled)")
     if FLAGS.plot_dir:
         from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
         items = []
@@ -525,7 +539,10 @@ def main(argv):
             f"usage: python -m coopnet_tf.evaluate {{{','.join(SUBCOMMANDS)}}} --flags "
             f"(got {argv[1:]})")
     start = time.time()
-    RUNNERS[argv[1]]()
+    try:
+        RUNNERS[argv[1]]()
+    except (InputError, FileNotFoundError) as err:
+        sys.exit(f"evaluate {argv[1]}: error: {err}")
     logging.info("%s evaluation done in %.1f s", argv[1], time.time() - start)
 
 

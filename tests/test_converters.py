@@ -51,8 +51,10 @@ def _shard_bytes(output_dir):
     return {p.name: p.read_bytes() for p in sorted(pathlib.Path(output_dir).glob("*.tfrecord"))}
 
 
-def _run_tool(name, *args, expect_rc=0):
+def _run_tool(name, *args, expect_rc=0, hash_seed=None):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = str(hash_seed)
     result = subprocess.run([sys.executable, str(REPO / "tools" / name), *args], capture_output=True,
                             text=True, env=env, timeout=240)
     assert result.returncode == expect_rc, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
@@ -167,6 +169,64 @@ def test_kitti_raw_missing_calibration_and_frames(kitti_copy, tmp_path):
     (kitti_copy / DATE / "calib_cam_to_cam.txt").write_text("")
     with pytest.raises(convert.ConversionError, match=r"calib_cam_to_cam\.txt has no 'key: values' lines"):
         kitti.raw_snippets(str(kitti_copy), split)
+
+
+def _other_hash_seed():
+    """A PYTHONHASHSEED other than this process's (random unless PYTHONHASHSEED is set)."""
+    current = os.environ.get("PYTHONHASHSEED", "random")
+    return int(current) + 1 if current.isdigit() else 1
+
+
+def test_two_conversions_are_byte_identical(shared_data, tmp_path):
+    # The tool in a process with another hash seed than this one (the order of the
+    # tf.train.Example feature map used to follow it) writes the same bytes as here.
+    split = _write_split(tmp_path / "train_files.txt", [1, 2, 3])
+    _run_tool("convert_kitti_raw.py", f"--data_path={shared_data / 'kitti_raw'}",
+              f"--split_file={split}", f"--output_dir={tmp_path / 'tool'}", "--resize=32x104",
+              "--num_shards=1", "--num_workers=1",
+              hash_seed=_other_hash_seed())
+    items = kitti.raw_snippets(str(shared_data / "kitti_raw"), str(split))
+    convert.write_sharded(items, convert.encoder(convert.encode_snippet,
+                                                 options=convert.ImageOptions(resize=(32, 104))),
+                          str(tmp_path / "here"), num_shards=1, show_progress=False)
+    name = "train-00000-of-00001.tfrecord"
+    tool, here = ((tmp_path / d / name).read_bytes() for d in ("tool", "here"))
+    assert len(here) > 0 and tool == here
+
+
+def _replace_calib_line(path, key, values):
+    lines = [f"{key}: " + " ".join(f"{v:.6e}" for v in values) if ln.startswith(key + ":") else ln
+             for ln in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_degenerate_intrinsics_are_refused_naming_the_calibration(kitti_copy, tmp_path):
+    split = _write_split(tmp_path / "s.txt", [1, 2])
+    cam_file = kitti_copy / DATE / "calib_cam_to_cam.txt"
+    p = _raw_line(cam_file, "P_rect_02").reshape(3, 4)
+    zero_focal = p.copy()
+    zero_focal[0, 0] = zero_focal[1, 1] = 0.0
+    _replace_calib_line(cam_file, "P_rect_02", zero_focal.ravel())
+    result = _run_tool("convert_kitti_raw.py", f"--data_path={kitti_copy}", f"--split_file={split}",
+                       f"--output_dir={tmp_path / 'out'}", "--num_workers=1", expect_rc=1)
+    assert (f"degenerate intrinsics in calibration file {cam_file} ('P_rect_02'): fx=0 fy=0"
+            in result.stderr), result.stderr
+    assert not list(tmp_path.glob("out/*.tfrecord*"))
+    outside = p.copy()
+    outside[0, 2] = 5000.0  # cx beyond S_rect_02's width (1242)
+    _replace_calib_line(cam_file, "P_rect_02", outside.ravel())
+    with pytest.raises(convert.ConversionError, match=r"principal point outside the 375x1242"):
+        kitti.raw_snippets(str(kitti_copy), split)
+    # the other sources of K: odometry calib.txt, Cityscapes camera json
+    calib = tmp_path / "calib.txt"
+    calib.write_text("".join(f"P{i}: " + " ".join(["0"] * 12) + "\n" for i in range(4)))
+    with pytest.raises(convert.ConversionError, match=rf"degenerate intrinsics in calibration file "
+                                                      rf"{calib} \('P0'\)"):
+        kitti.read_odometry_calib(str(calib))
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"intrinsic": {"fx": -2262.5, "fy": 2265.3, "u0": 1096.9, "v0": 513.1}}))
+    with pytest.raises(convert.ConversionError, match=rf"camera file {camera}: fx=-2262.5"):
+        cityscapes.read_camera_json(str(camera))
 
 
 def test_kitti_raw_missing_neighbour_frame(shared_data, tmp_path):

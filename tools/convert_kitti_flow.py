@@ -24,6 +24,7 @@ flags.DEFINE_string("calib_dir", "",
                     "Directory of <id>.txt calibrations; empty = ROOT/<split>/calib_cam_to_cam if present.")
 flags.mark_flag_as_required("data_path")
 _common.define_writer_flags(default_prefix="kitti2015_flow")
+flags.adopt_module_key_flags(_common)  # list the shared flags under --help
 
 
 def main(argv):

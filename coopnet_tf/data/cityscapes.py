@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from coopnet_tf.data.convert import ConversionError, SnippetSource
+from coopnet_tf.data.convert import ConversionError, SnippetSource, check_intrinsics
 
 LAYOUT = ("ROOT/leftImg8bit_sequence/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png and "
           "ROOT/camera/<split>/<city>/<city>_<seq>_<frame>_camera.json (Cityscapes, unzipped as downloaded)")
@@ -41,7 +41,8 @@ def read_camera_json(path: str) -> Tuple[np.ndarray, float]:
     """K (3x3, fx, fy, u0, v0 of the 2048x1024 image) and the stereo baseline (m, or nan).
 
     Raises:
-      ConversionError: missing file, not JSON, or no intrinsic fx/fy/u0/v0.
+      ConversionError: missing file, not JSON, no intrinsic fx/fy/u0/v0, or degenerate
+        ones (fx, fy <= 0, principal point outside the 1024x2048 frame).
     """
     if not os.path.isfile(path):
         raise ConversionError(f"missing camera file {path}; expected layout: {LAYOUT}")
@@ -54,7 +55,9 @@ def read_camera_json(path: str) -> Tuple[np.ndarray, float]:
         raise ConversionError(
             f"camera file {path} is not a Cityscapes camera json with intrinsic fx, fy, u0, v0: {err!r}") from err
     baseline = float(content.get("extrinsic", {}).get("baseline", float("nan")))
-    return np.array([[fx, 0.0, u0], [0.0, fy, v0], [0.0, 0.0, 1.0]]), baseline
+    k = np.array([[fx, 0.0, u0], [0.0, fy, v0], [0.0, 0.0, 1.0]])
+    check_intrinsics(k, f"camera file {path}", IMAGE_SIZE)
+    return k, baseline
 
 
 def camera_json_for(data_path: str, split: str, city: str, seq: str, frame: str,

@@ -11,7 +11,12 @@ output example) and hands it, with a module-level *encode function*, to
   is always complete, and an exception removes the `.tmp`,
 * skips shards that already exist under their final name (resume after a crash or a
   Ctrl-C; leftover `.tmp` files are discarded and rewritten),
-* runs the shards in `num_workers` processes (spawned, so TensorFlow is never forked),
+* runs the shards in `num_workers` processes (spawned, so TensorFlow is never forked)
+  that exit when the converter dies, even by `kill -9` (Linux parent-death signal, plus a
+  parent-liveness check),
+* holds `<output_dir>/<prefix>.lock` while it runs (`ConverterLock`): a second converter
+  on the same output refuses; a lock left by a killed converter is taken over once its
+  workers are gone,
 * shows a tqdm progress bar (snippets, rate, ETA) and ends with the summary line
   `examples=N shards=N skipped=N seconds=S` (examples and shards written by this run,
   shards skipped because they were already complete),
@@ -30,7 +35,9 @@ converters' `--help` and their input checks run without it.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
+import fcntl
 import functools
 import glob
 import io
@@ -39,6 +46,9 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -95,6 +105,26 @@ def crop_intrinsics(k: np.ndarray, offset_x: float, offset_y: float) -> np.ndarr
     k[0, 2] -= offset_x
     k[1, 2] -= offset_y
     return k
+
+
+def check_intrinsics(k: np.ndarray, source: str, size: Optional[Tuple[int, int]] = None) -> None:
+    """ConversionError naming `source` (the calibration file and key) unless K is usable:
+    finite, fx > 0, fy > 0, and the principal point inside the (height, width) image when
+    `size` is known (else cx, cy > 0)."""
+    k = np.asarray(k, np.float64).reshape(3, 3)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    problem = None
+    if not np.all(np.isfinite(k)):
+        problem = "non-finite values"
+    elif fx <= 0 or fy <= 0:
+        problem = "focal lengths must be > 0"
+    elif size is not None and not (0 < cx < size[1] and 0 < cy < size[0]):
+        problem = f"principal point outside the {size[0]}x{size[1]} (HxW) image"
+    elif size is None and not (cx > 0 and cy > 0):
+        problem = "principal point must be > 0"
+    if problem:
+        raise ConversionError(f"degenerate intrinsics in {source}: fx={fx:g} fy={fy:g} cx={cx:g} "
+                              f"cy={cy:g} ({problem})")
 
 
 # --------------------------------------------------------------------------- images
@@ -282,9 +312,120 @@ def _count_records(path: str) -> int:
         raise ConversionError(str(err)) from err
 
 
-def _worker_init():
+# --------------------------------------------------------------------------- workers / lock
+
+PARENT_POLL_SECONDS = 0.5
+LOCK_SUFFIX = ".lock"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Makes this worker process exit when `parent_pid` (the converter) dies, even by
+    SIGKILL: Linux `prctl(PR_SET_PDEATHSIG, SIGKILL)`, plus a thread that polls the parent
+    (the portable fallback, and a guard against the parent dying before the prctl)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the polling thread below still applies
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)  # pylint: disable=protected-access
+            time.sleep(PARENT_POLL_SECONDS)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)  # pylint: disable=protected-access
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int, lock_path: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    _die_with_parent(parent_pid)
+    with open(lock_path, "a") as f:  # listed so that a re-run waits for it (see ConverterLock)
+        f.write(f"{os.getpid()}\n")
+
+
+def process_alive(pid: int) -> bool:
+    """True if process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class ConverterLock:
+    """Exclusive lock of one output (`<output_dir>/<prefix>.lock`) for a converter's run.
+
+    The converter holds an `flock` on the file (released by the kernel when the process
+    dies, however it dies); the file lists the converter's pid and its workers' pids. A
+    second converter on the same output refuses with ConversionError. A lock left by a
+    dead converter is taken over, after waiting up to `wait_seconds` for any worker it
+    lists to exit (refused if one is still alive), so that a re-run never deletes a `.tmp`
+    shard that an orphaned worker is still writing. The file is removed when the run
+    ends (it stays only after a kill). POSIX only (fcntl).
+    """
+
+    def __init__(self, output_dir: str, prefix: str, wait_seconds: float = 10.0):
+        self.path = os.path.join(output_dir, prefix + LOCK_SUFFIX)
+        self.wait_seconds = wait_seconds
+        self._file = None
+
+    def _open_locked(self):
+        while True:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = f.read().split()[:1]
+                f.close()
+                raise ConversionError(
+                    f"{self.path}: another converter (pid {owner[0] if owner else '?'}) is "
+                    f"writing this output; wait for it to finish (or stop it) before "
+                    f"re-running") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                    return f
+            except FileNotFoundError:
+                pass
+            f.close()  # the previous holder removed the file meanwhile: lock the new one
+
+    def __enter__(self) -> "ConverterLock":
+        f = self._open_locked()
+        f.seek(0)
+        pids = [int(v) for v in f.read().split() if v.isdigit()]
+        deadline = time.time() + self.wait_seconds
+        alive = [p for p in pids[1:] if p != os.getpid() and process_alive(p)]
+        while alive and time.time() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in alive if process_alive(p)]
+        if alive:
+            f.close()
+            raise ConversionError(
+                f"{self.path}: worker process(es) {alive} of a previous converter are still "
+                f"running; stop them before re-running")
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.remove(self.path)  # while still locked: a waiting converter re-opens the path
+        self._file.close()  # releases the flock
+        self._file = None
 
 
 @dataclasses.dataclass
@@ -364,10 +505,9 @@ def write_sharded(items: Sequence, encode_fn: Callable, output_dir: str, prefix:
 
     Raises:
       ConversionError: bad input (the message names the file). Shards finished before
-        the error stay (complete); the failing shard leaves no file behind.
+        the error stay (complete); the failing shard leaves no file behind. Also raised
+        when another converter is writing the same output (see `ConverterLock`).
     """
-    from tqdm import tqdm
-
     start = time.time()
     if not items:
         raise ConversionError("nothing to convert: no snippets found (check the data path and split)")
@@ -375,6 +515,16 @@ def write_sharded(items: Sequence, encode_fn: Callable, output_dir: str, prefix:
     if num_shards > len(items):
         num_shards = len(items)
     os.makedirs(output_dir, exist_ok=True)
+    with ConverterLock(output_dir, prefix) as lock:
+        return _write_sharded_locked(items, encode_fn, output_dir, prefix, num_shards,
+                                     num_workers, config, overwrite, show_progress, start,
+                                     lock.path)
+
+
+def _write_sharded_locked(items, encode_fn, output_dir, prefix, num_shards, num_workers, config,
+                          overwrite, show_progress, start, lock_path) -> Summary:
+    from tqdm import tqdm
+
     config = dict(config or {})
     manifest_path = os.path.join(output_dir, prefix + MANIFEST_SUFFIX)
     _check_manifest(manifest_path, config, num_shards, len(items), overwrite, output_dir, prefix)
@@ -403,7 +553,8 @@ def write_sharded(items: Sequence, encode_fn: Callable, output_dir: str, prefix:
         else:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=num_workers, mp_context=context, initializer=_worker_init) as pool:
+                    max_workers=num_workers, mp_context=context, initializer=_worker_init,
+                    initargs=(os.getpid(), lock_path)) as pool:
                 futures = {pool.submit(write_shard, paths[s], shard_items[s], encode_fn): s for s in todo}
                 try:
                     for future in concurrent.futures.as_completed(futures):
@@ -448,8 +599,8 @@ def summary_config(**kwargs) -> Dict:
 
 
 __all__: List[str] = [
-    "ConversionError", "ImageOptions", "SnippetSource", "Summary", "check_files_exist",
-    "crop_intrinsics", "default_num_shards", "encode_image", "encode_snippet",
+    "ConversionError", "ConverterLock", "ImageOptions", "SnippetSource", "Summary", "check_files_exist",
+    "check_intrinsics", "crop_intrinsics", "default_num_shards", "encode_image", "encode_snippet",
     "encoder", "load_rgb", "parse_size", "scale_intrinsics", "stored_intrinsics",
     "summary_config", "write_shard", "write_sharded",
 ]

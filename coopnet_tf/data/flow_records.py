@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from coopnet_tf.data.convert import ConversionError, load_rgb
+from coopnet_tf.data.convert import ConversionError, check_intrinsics, load_rgb
 
 LAYOUT = ("ROOT/training/image_2/<id>_10.png and <id>_11.png, ROOT/training/flow_occ/<id>_10.png, "
           "ROOT/training/flow_noc/<id>_10.png (KITTI 2015 data_scene_flow, unzipped as downloaded); "
@@ -102,9 +102,15 @@ def flow_pairs(data_path: str, split: str = "training", calib_dir: Optional[str]
         k = None
         if calib_dir:
             calib_path = os.path.join(calib_dir, f"{pair_id}.txt")
-            p_rect = kitti.read_calib_file(calib_path, LAYOUT).get("P_rect_02")
+            calib = kitti.read_calib_file(calib_path, LAYOUT)
+            p_rect, s_rect = calib.get("P_rect_02"), calib.get("S_rect_02")
             if not isinstance(p_rect, np.ndarray) or p_rect.size != 12:
                 raise ConversionError(f"calibration file {calib_path} lacks 'P_rect_02' (12 numbers)")
+            size = None
+            if isinstance(s_rect, np.ndarray) and s_rect.size == 2:
+                size = (int(round(s_rect[1])), int(round(s_rect[0])))
+            check_intrinsics(p_rect.reshape(3, 4)[:, :3], f"calibration file {calib_path} ('P_rect_02')",
+                             size)
             k = tuple(float(v) for v in p_rect.reshape(3, 4)[:, :3].ravel())
         pairs.append(FlowPairSource(paths, occ, noc, pair_id, k))
     return pairs
@@ -163,7 +169,9 @@ def encode_flow_pair(source: FlowPairSource) -> bytes:
         FEATURE_INTRINSICS: tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in k])),
         FEATURE_HAS_INTRINSICS: _ints([int(source.intrinsics is not None)]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so that the bytes do not depend on the process
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def parse_flow_pair(serialized) -> Dict:

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from coopnet_tf.data.convert import ConversionError, SnippetSource, check_files_exist
+from coopnet_tf.data.convert import ConversionError, SnippetSource, check_files_exist, check_intrinsics
 
 RAW_LAYOUT = ("ROOT/<date>/calib_cam_to_cam.txt and ROOT/<date>/<date>_drive_<NNNN>_sync/"
               "image_02|image_03/data/<10-digit frame>.png (KITTI raw, unzipped as downloaded)")
@@ -100,7 +100,9 @@ def raw_camera_calibration_file(path: str, camera: str = "image_02") -> Tuple[np
     c = CAMERAS_RAW[camera]
     p_rect = _calib_array(calib, f"P_rect_{c}", 12, path).reshape(3, 4)
     width, height = _calib_array(calib, f"S_rect_{c}", 2, path)
-    return p_rect[:, :3].copy(), (int(round(height)), int(round(width)))
+    size = (int(round(height)), int(round(width)))
+    check_intrinsics(p_rect[:, :3], f"calibration file {path} ('P_rect_{c}')", size)
+    return p_rect[:, :3].copy(), size
 
 
 def raw_camera_calibration(date_dir: str, camera: str = "image_02") -> Tuple[np.ndarray, Tuple[int, int]]:
@@ -136,6 +138,7 @@ def read_odometry_calib(path: str) -> Dict[str, np.ndarray]:
     out = {}
     for key in ("P0", "P1", "P2", "P3"):
         out[key] = _calib_array(calib, key, 12, path).reshape(3, 4)
+        check_intrinsics(out[key][:, :3], f"calibration file {path} ('{key}')")
     if isinstance(calib.get("Tr"), np.ndarray) and calib["Tr"].size == 12:
         tr = np.eye(4)
         tr[:3] = calib["Tr"].reshape(3, 4)

@@ -13,14 +13,18 @@ int64 [B]; with ground truth also `gt_depth` [B, H, W, 1], `gt_pose` [B, S, 4, 4
 
 Errors: a pattern that matches no file raises FileNotFoundError naming the pattern; a
 file that is not a TFRecord file (bad first header) raises ValueError naming it when the
-dataset is built; a record whose frames are not PNG/JPEG, or that lacks ground truth when
-it is requested, fails iteration with an InvalidArgumentError naming the file. A record damaged further inside a file stops iteration with
-tf.errors.DataLossError ("corrupted record at <offset>" / "truncated record"), which
-tf.data reports without the file name: `records.check_records(pattern)` reads every file and
-names the damaged one (and the record index).
+dataset is built; a record whose frames are not PNG/JPEG, whose PNG frames' size is not
+the record's height x width, or that lacks ground truth when it is requested, fails
+iteration with an InvalidArgumentError naming the file (and the snippet). A record
+damaged further inside a file (DataLossError "corrupted record at <offset>" / "truncated
+record") or a frame that does not decode ("Invalid PNG data") stops iteration without the
+file name: iterate inside `naming_bad_records(pattern)`, which then finds the damaged file
+and record index with `records.check_records(pattern)` and re-raises the error with them.
 """
+import contextlib
 from typing import Dict, Optional
 
+from absl import logging
 import gin
 import tensorflow as tf
 
@@ -31,6 +35,38 @@ from coopnet_tf.data.records import (  # noqa: F401
     Patterns, check_file_header, check_records, list_files)
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+# Errors tf.data raises without naming the file: a damaged TFRecord framing
+# (DataLossError), a frame that does not decode ("Invalid PNG data", "Invalid JPEG data"),
+# frames of different sizes in one record ("Incompatible shapes during merge").
+_UNNAMED_DATA_ERRORS = ("PNG", "JPEG", "Incompatible shapes during merge")
+
+
+@contextlib.contextmanager
+def naming_bad_records(file_pattern: Patterns, with_ground_truth: bool = False):
+    """Re-raises a tf.data error that does not name its file with the file and record index.
+
+    Wrap the iteration over a `make_dataset` dataset (e.g. a training loop's steps): on a
+    DataLossError, or an InvalidArgumentError from decoding a frame, `check_records`
+    reads `file_pattern` again to find the damaged record, and the error is re-raised
+    (same type) as "<file>: record <i>: <problem> (...)". If every record reads fine the
+    original error is re-raised unchanged.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+        problem = records.tf_error_message(err)
+        if not (isinstance(err, tf.errors.DataLossError)
+                or any(k in (err.message or "") for k in _UNNAMED_DATA_ERRORS)):
+            raise
+        logging.error("input pipeline failed (%s); reading %s again to find the damaged record",
+                      problem, file_pattern)
+        try:
+            records.check_records(file_pattern, with_ground_truth)
+        except ValueError as located:
+            raise type(err)(err.node_def, err.op, f"damaged input data: {located}") from err
+        raise
 
 
 # ----------------------------------------------------------------------------------
@@ -172,8 +208,21 @@ def make_dataset(
 _CHECK_SPEC = {
     specs.FEATURE_IMAGES: tf.io.FixedLenFeature([specs.NUM_FRAMES], tf.string,
                                                 default_value=[""] * specs.NUM_FRAMES),
+    specs.FEATURE_HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    specs.FEATURE_WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    specs.FEATURE_SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    specs.FEATURE_FRAME_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     specs.FEATURE_GT_DEPTH: tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
+
+
+def _png_sizes(images: tf.Tensor):
+    """(height, width) int64 [F] from the PNG IHDR chunk (big-endian, bytes 16..24)."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(images, 16, 8), tf.uint8, fixed_length=8),
+                  tf.int64)
+    weights = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
+    return (tf.reduce_sum(raw[:, 4:] * weights, axis=-1),
+            tf.reduce_sum(raw[:, :4] * weights, axis=-1))
 
 
 def _check_record(serialized: tf.Tensor, path: tf.Tensor, with_ground_truth: bool):
@@ -184,6 +233,18 @@ def _check_record(serialized: tf.Tensor, path: tf.Tensor, with_ground_truth: boo
                                      tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8")))
     checks = [tf.debugging.Assert(
         ok, ["a record's frames are not PNG/JPEG images; file:", path])]
+    frame_h, frame_w = _png_sizes(features[specs.FEATURE_IMAGES])
+    size_ok = tf.reduce_all(tf.logical_or(
+        tf.not_equal(magic, b"\x89PNG"),
+        tf.logical_and(tf.equal(frame_h, features[specs.FEATURE_HEIGHT]),
+                       tf.equal(frame_w, features[specs.FEATURE_WIDTH]))))
+    checks.append(tf.debugging.Assert(
+        size_ok, ["a frame size differs from the record height x width; file:", path,
+                  "sequence_id:", features[specs.FEATURE_SEQUENCE_ID],
+                  "frame_id:", features[specs.FEATURE_FRAME_ID],
+                  "record height, width:", features[specs.FEATURE_HEIGHT],
+                  features[specs.FEATURE_WIDTH], "frame heights:", frame_h, "widths:", frame_w],
+        summarize=specs.NUM_FRAMES))
     if with_ground_truth:
         has_gt = tf.strings.length(features[specs.FEATURE_GT_DEPTH]) > 0
         checks.append(tf.debugging.Assert(

@@ -15,6 +15,7 @@ it inside the functions that write, so that they stay TensorFlow-free until then
 """
 import contextlib
 import os
+import re
 import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
@@ -150,15 +151,30 @@ def check_records(file_pattern: Patterns, with_ground_truth: bool = False) -> Di
     for path in list_files(file_pattern):
         check_file_header(path)
         count = 0
+        # In order, one record at a time: `count` is the index of the failing record.
+        ds = tf.data.TFRecordDataset(path).map(
+            lambda r: parse_snippet(r, with_ground_truth=with_ground_truth))
         try:
-            for serialized in tf.data.TFRecordDataset(path):
-                parse_snippet(serialized, with_ground_truth=with_ground_truth)
+            for _ in ds:
                 count += 1
         except (tf.errors.OpError, ValueError) as e:
-            message = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
-            raise ValueError(f"{path}: record {count}: {message}") from e
+            raise ValueError(f"{path}: record {count}: {tf_error_message(e)}") from e
         counts[path] = count
     return counts
+
+
+def tf_error_message(error: Exception) -> str:
+    """The informative line of a TensorFlow error, without `{{function_node ...}}`,
+    `[Op:...]`, "Graph execution error:" and node-location lines."""
+    for line in (getattr(error, "message", None) or str(error)).strip().splitlines():
+        line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line.strip())
+        line = re.sub(r"^Error in user-defined function passed to .* with iterator: [\w:]+: ", "",
+                      line)
+        line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line).strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node",
+                                          "<stack traces", "[[")):
+            return line
+    return ""
 
 
 def _open_binary(path: str):
@@ -276,7 +292,9 @@ def serialize_snippet(
     if gt_moving_mask is not None:
         feature[specs.FEATURE_GT_MOVING] = _bytes(
             [_checked(gt_moving_mask, (s, height, width), np.uint8, "gt_moving_mask").tobytes()])
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so that the bytes do not depend on the process
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def _checked(array, shape, dtype, name) -> np.ndarray:

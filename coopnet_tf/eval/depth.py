@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from coopnet_tf.eval.inputs import InputError, check_finite
 from coopnet_tf.eval.resize import resize_bilinear
 
 MIN_DEPTH = 1e-3
@@ -186,7 +187,9 @@ def evaluate_depth(gt_depths, pred_disps, protocol="eigen", median_scaling=True,
 
     Returns:
       dict with the 7 metrics (means over images), n_images, n_skipped (images with no
-      valid GT pixel), and with median scaling: scale_ratio_median (median of the per-image
+      valid GT pixel); an image whose disparity has a non-finite or non-positive value
+      gets NaN for every metric (so the means are NaN: `load_pred_disps` rejects such
+      files up front), and with median scaling: scale_ratio_median (median of the per-image
       ratios), scale_ratio_std (std of ratios / their median, Monodepth2's printout),
       scale_ratio_mean.
     """
@@ -200,6 +203,13 @@ def evaluate_depth(gt_depths, pred_disps, protocol="eigen", median_scaling=True,
         if gt.size == 0:
             skipped += 1
             per_image.append(None)
+            continue
+        disp = np.asarray(pred_disps[i])
+        if not np.all(np.isfinite(disp) & (disp > 0)):  # no number from garbage
+            e = dict.fromkeys(METRIC_NAMES, float("nan"))
+            errors.append([e[k] for k in METRIC_NAMES])
+            ratios.append(float("nan"))
+            per_image.append(e)
             continue
         pred = pred * pred_depth_scale_factor
         if median_scaling:
@@ -232,18 +242,33 @@ def load_gt_depths(path):
 
     Returns:
       list of float32 [H_i, W_i] arrays.
+
+    Raises:
+      InputError: naming the file: no key `data`, a map that is not 2-D, or a NaN,
+        infinite or negative depth (0 = no measurement is fine).
     """
     with np.load(path, allow_pickle=True, encoding="latin1") as f:
         if "data" not in f:
-            raise KeyError(f"{path}: expected key 'data', found {list(f.keys())}")
+            raise InputError(f"{path}: expected key 'data', found {list(f.keys())}")
         data = f["data"]
-    return [np.asarray(d, np.float32) for d in data]
+    maps = [np.asarray(d, np.float32) for d in data]
+    for i, d in enumerate(maps):
+        if d.ndim != 2:
+            raise InputError(f"{path}: ground-truth map {i} has shape {d.shape}, expected [H, W]")
+        check_finite(d, "depth", f"{path} (ground-truth map {i})", non_negative=True)
+    if not maps:
+        raise InputError(f"{path}: no ground-truth maps")
+    return maps
 
 
 def load_pred_disps(path):
     """Loads predicted disparities [N, h, w] (.npy; [N, h, w, 1] / [N, 1, h, w] squeezed).
 
     A .npz is read from key `data` (or its only array).
+
+    Raises:
+      InputError: naming the file: not [N, h, w], or a NaN, infinite, zero or negative
+        disparity (depth = 1 / disparity must be finite and positive).
     """
     if os.fspath(path).endswith(".npz"):
         with np.load(path, allow_pickle=True) as f:
@@ -257,7 +282,8 @@ def load_pred_disps(path):
     elif arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected disparities [N, h, w], got shape {arr.shape}")
+        raise InputError(f"{path}: expected disparities [N, h, w], got shape {arr.shape}")
+    check_finite(arr, "disparity", path, positive=True)
     return arr
 
 

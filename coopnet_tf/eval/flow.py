@@ -9,7 +9,9 @@
   GeoNet/UnDepthflow do; `fl_all_pooled` is outliers / valid pixels pooled over the whole
   set (the aggregation of the official KITTI devkit). Same for `fl_noc`.
 * Predictions at another resolution are resized to the GT size with the flow values
-  rescaled (u by W_gt / W_pred, v by H_gt / H_pred); bilinear (cv2) by default.
+  rescaled (u by W_gt / W_pred, v by H_gt / H_pred); bilinear (cv2) by default. A
+  prediction whose aspect ratio differs from the GT's by more than `MAX_ASPECT_CHANGE`
+  (e.g. a transposed one) is an error, not resized.
 """
 import glob
 import os
@@ -17,10 +19,13 @@ import os
 import numpy as np
 
 from coopnet_tf.eval import kitti_flow_io
+from coopnet_tf.eval.inputs import InputError
 from coopnet_tf.eval.resize import resize_bilinear, resize_nearest
 
 OUTLIER_ABS = 3.0
 OUTLIER_REL = 0.05
+# Network inputs (128x416, 192x640, 256x832) are within 3 % of KITTI's 375x1242 aspect.
+MAX_ASPECT_CHANGE = 1.15
 
 
 def end_point_error(pred, gt):
@@ -106,6 +111,19 @@ def aggregate(stats):
     }
 
 
+def check_resizable(pred_path, pred_size, gt_path, gt_size):
+    """Raises InputError when a prediction's aspect ratio differs from the GT's by more
+    than MAX_ASPECT_CHANGE (a transposed or cropped prediction would otherwise be
+    stretched into a number)."""
+    change = (pred_size[1] / pred_size[0]) / (gt_size[1] / gt_size[0])
+    if max(change, 1.0 / change) > MAX_ASPECT_CHANGE:
+        raise InputError(
+            f"{pred_path} is {pred_size[0]}x{pred_size[1]} (HxW) but the ground truth {gt_path} "
+            f"is {gt_size[0]}x{gt_size[1]}: aspect ratios differ by more than "
+            f"{100 * (MAX_ASPECT_CHANGE - 1):.0f} % (transposed?); predictions are resized to "
+            f"the GT size only when their aspect ratio matches")
+
+
 def find_prediction(pred_dir, name):
     """Path of a prediction named `name` in pred_dir or pred_dir/flow (None if absent)."""
     for cand in (os.path.join(pred_dir, name), os.path.join(pred_dir, "flow", name)):
@@ -122,6 +140,8 @@ def list_gt_names(gt_dir):
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(occ, "*_10.png")))
     if not names:
         names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(occ, "*.png")))
+    if not names:
+        raise FileNotFoundError(f"no PNG files in {occ}")
     return names
 
 
@@ -137,8 +157,14 @@ def evaluate_flow_dirs(gt_dir, pred_dir, resize_method="bilinear", return_per_im
 
     Returns:
       dict epe_noc, epe_all, fl_all, fl_noc (per-image means), epe_noc_pooled,
-      epe_all_pooled, fl_all_pooled, fl_noc_pooled, n_images, missing (names without a
-      prediction: an error is raised if any are missing).
+      epe_all_pooled, fl_all_pooled, fl_noc_pooled, n_images, n_resized (predictions
+      resized to the GT size).
+
+    Raises:
+      FileNotFoundError: a prediction is missing.
+      InputError: naming the file: not a 16-bit RGB KITTI flow PNG, a prediction whose
+        aspect ratio is not the GT's (see `check_resizable`), flow_noc and flow_occ of
+        different sizes, or no valid GT pixel at all.
     """
     names = list_gt_names(gt_dir)
     noc_dir = os.path.join(gt_dir, "flow_noc")
@@ -149,26 +175,38 @@ def evaluate_flow_dirs(gt_dir, pred_dir, resize_method="bilinear", return_per_im
             f"{len(missing)} predictions missing in {pred_dir} (or {pred_dir}/flow), "
             f"e.g. {missing[:3]}")
     all_stats, noc_stats, per_image = [], [], []
+    n_resized = 0
     for name in names:
-        pred, _ = kitti_flow_io.read_flow_png(find_prediction(pred_dir, name))
-        gt_occ, valid_occ = kitti_flow_io.read_flow_png(os.path.join(gt_dir, "flow_occ", name))
+        pred_path = find_prediction(pred_dir, name)
+        pred, _ = kitti_flow_io.read_flow_png(pred_path)
+        occ_path = os.path.join(gt_dir, "flow_occ", name)
+        gt_occ, valid_occ = kitti_flow_io.read_flow_png(occ_path)
         h, w = gt_occ.shape[:2]
         if pred.shape[:2] != (h, w):
+            check_resizable(pred_path, pred.shape[:2], occ_path, (h, w))
             pred = resize_flow(pred, h, w, resize_method)
+            n_resized += 1
         s_all = flow_image_stats(pred, gt_occ, valid_occ)
         all_stats.append(s_all)
         entry = {"name": name, "epe_all": s_all["epe"], "fl_all": s_all["fl"]}
-        if has_noc and os.path.isfile(os.path.join(noc_dir, name)):
-            gt_noc, valid_noc = kitti_flow_io.read_flow_png(os.path.join(noc_dir, name))
+        noc_path = os.path.join(noc_dir, name)
+        if has_noc and os.path.isfile(noc_path):
+            gt_noc, valid_noc = kitti_flow_io.read_flow_png(noc_path)
+            if gt_noc.shape != gt_occ.shape:
+                raise InputError(f"{noc_path} is {gt_noc.shape[0]}x{gt_noc.shape[1]} but "
+                                 f"{occ_path} is {h}x{w}: flow_noc and flow_occ must match")
             s_noc = flow_image_stats(pred, gt_noc, valid_noc)
             noc_stats.append(s_noc)
             entry.update(epe_noc=s_noc["epe"], fl_noc=s_noc["fl"])
         per_image.append(entry)
+    if not any(st["n_valid"] for st in all_stats):
+        raise InputError(f"no valid ground-truth pixel in {gt_dir}/flow_occ "
+                         f"({len(names)} files, blue channel 0 everywhere)")
     a = aggregate(all_stats)
     result = {"epe_all": a["epe"], "fl_all": a["fl"],
               "epe_all_pooled": a["epe_pooled"], "fl_all_pooled": a["fl_pooled"],
               "n_images": a["n_images"], "fl_aggregation": "per_image_mean",
-              "resize": resize_method}
+              "resize": resize_method, "n_resized": n_resized}
     if noc_stats:
         b = aggregate(noc_stats)
         result.update(epe_noc=b["epe"], fl_noc=b["fl"],

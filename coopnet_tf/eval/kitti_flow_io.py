@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from coopnet_tf.eval.inputs import check_png
+
 FLOW_OFFSET = 2.0 ** 15
 FLOW_SCALE = 64.0
 DISP_SCALE = 256.0
@@ -97,7 +99,12 @@ def read_flow_png(path):
 
     Returns:
       (flow float32 [H, W, 2], valid bool [H, W]).
+
+    Raises:
+      InputError: the file is not a 16-bit RGB PNG (an 8-bit picture would otherwise
+        decode to flows of hundreds of pixels).
     """
+    check_png(path, 16, "RGB", "KITTI flow file")
     return decode_flow(read_png_uint16(path))
 
 
@@ -111,7 +118,11 @@ def read_disp_png(path):
 
     Returns:
       (disparity float32 [H, W] in pixels, valid bool [H, W]).
+
+    Raises:
+      InputError: the file is not a 16-bit grey PNG.
     """
+    check_png(path, 16, "grey", "KITTI disparity file")
     img = read_png_uint16(path)[..., 0]
     return img.astype(np.float32) / DISP_SCALE, img > 0
 

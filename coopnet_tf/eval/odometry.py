@@ -18,6 +18,8 @@ chaining camera-to-world poses: `G_{k+1} = G_k T_{k->k+1}^-1`.
 """
 import numpy as np
 
+from coopnet_tf.eval.inputs import InputError
+
 SEGMENT_LENGTHS = (100, 200, 300, 400, 500, 600, 700, 800)
 STEP_SIZE = 10
 ALIGN_MODES = ("7dof", "scale", "6dof", "scale_7dof", "none")
@@ -27,15 +29,46 @@ ATE_SNIPPET = 5
 # --- I/O ---------------------------------------------------------------------------
 
 def load_kitti_poses(path):
-    """Reads a KITTI pose file.
+    """Reads a KITTI pose file, checking every line.
 
     Returns:
       float64 [N, 4, 4] camera-to-world poses.
+
+    Raises:
+      InputError: naming the file and line of the first line that is not 12
+        whitespace-separated finite numbers whose 3x3 block is a rotation (R^T R = I
+        within ROTATION_TOLERANCE, det > 0), or an empty file.
     """
-    data = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    if data.shape[1] != 12:
-        raise ValueError(f"{path}: expected 12 numbers per line, got {data.shape[1]}")
-    return rows_to_poses(data)
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            rows.append(_parse_pose_line(line, f"{path}:{number}"))
+    if not rows:
+        raise InputError(f"{path}: no poses (expected one line of 12 numbers per frame)")
+    return rows_to_poses(np.stack(rows))
+
+
+ROTATION_TOLERANCE = 1e-2
+
+
+def _parse_pose_line(line, where):
+    fields = line.split()
+    if len(fields) != 12:
+        raise InputError(f"{where}: expected 12 whitespace-separated numbers, got {len(fields)} "
+                         f"field(s): {line.strip()[:80]!r}")
+    try:
+        row = np.array([float(v) for v in fields], np.float64)
+    except ValueError as err:
+        raise InputError(f"{where}: not a number ({err}): {line.strip()[:80]!r}") from None
+    if not np.all(np.isfinite(row)):
+        raise InputError(f"{where}: NaN or infinite value in {line.strip()[:80]!r}")
+    r = row.reshape(3, 4)[:, :3]
+    if (np.abs(r.T @ r - np.eye(3)).max() > ROTATION_TOLERANCE) or np.linalg.det(r) <= 0:
+        raise InputError(f"{where}: the 3x3 block is not a rotation (R^T R != I or det <= 0): "
+                         f"{line.strip()[:80]!r}")
+    return row
 
 
 def rows_to_poses(rows):

@@ -315,7 +315,8 @@ class Trainer:
         if cfg.val_files:
             # with ground truth when the records have it (the GT moving mask image beside
             # Competitive Collaboration's m_s)
-            batch = next(iter(self.eval_dataset(self.has_ground_truth).take(1)))
+            with pipeline.naming_bad_records(cfg.val_files, self.has_ground_truth):
+                batch = next(iter(self.eval_dataset(self.has_ground_truth).take(1)))
             self.diag_batch = {k: v[:min(4, cfg.batch_size)] for k, v in batch.items()}
 
     # -------------------------------------------------------------- functions ----
@@ -415,7 +416,8 @@ class Trainer:
                     n = self._chunk(step, epoch_end)
                     t0 = time.time()
                     skipped_before = int(self.step.nonfinite_steps.numpy())
-                    sums = self.loop_fn(phase)(iterator, tf.constant(n, tf.int64))
+                    with pipeline.naming_bad_records(self.config.train_files):
+                        sums = self.loop_fn(phase)(iterator, tf.constant(n, tf.int64))
                     sums = {k: float(v) for k, v in sums.items()}
                     elapsed = time.time() - t0
                     step += n
@@ -538,6 +540,10 @@ class Trainer:
 
     def evaluate(self) -> Dict[str, float]:
         """Validation: median-scaled depth metrics with GT, else the photometric loss."""
+        with pipeline.naming_bad_records(self.config.val_files, self.has_ground_truth):
+            return self._evaluate()
+
+    def _evaluate(self) -> Dict[str, float]:
         ds = self.eval_dataset(self.has_ground_truth)
         if self.config.max_eval_batches:
             ds = ds.take(self.config.max_eval_batches)
