@@ -10,6 +10,8 @@ Importing this module registers every configurable a config file may name:
   ``coopnet``) and its options, e.g. ``make_apportionment.name = 'glnet_min'``,
   ``make_apportionment.use_flow_prior = False``, ``make_apportionment.flow_weighting =
   'eq11'``;
+* ``oracle`` — research switches that use ground truth (synthetic records only; off by
+  default; a loud warning at training start when on);
 * ``loss_weights`` — THE table of auxiliary loss weights (λ_gc, λ_fb, λ_s, λ_ep, λ_var);
 * ``make_optimizer``, ``make_learning_rate_schedule`` (`coopnet_tf.training.optimizers`);
 * ``make_distribution_strategy`` (`coopnet_tf.training.distribution`).
@@ -40,7 +42,8 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
 
     Args:
       name: "baseline" (row 1: all pixels), "glnet_min" (row 2 / last row: GLNet's
-        Ψ = min(Φ_D, Φ_F)) or "coopnet" (rows 3+).
+        Ψ = min(Φ_D, Φ_F)), "coopnet" (rows 3+) or the ORACLE "oracle_static" (V = the
+        ground-truth static pixels; synthetic records only).
       **options: the strategy's constructor arguments (`apportion.CoopNetStrategy`:
         use_flow_prior, eta, zeta, tail_probability, flow_weighting, sample_size, seed,
         jit_compile, delta_flow_eps). gin may bind any of them.
@@ -70,13 +73,28 @@ def loss_weights(lambda_gc: float = 1e-3, lambda_fb: float = 1e-3, lambda_s: flo
 
 
 @gin.configurable
+def oracle(ground_truth_apportionment_inputs: bool = False) -> bool:
+    """ORACLE research switch (docs/synthetic_benchmark.md), off by default.
+
+    Args:
+      ground_truth_apportionment_inputs: the apportionment's Δ and Δflow are computed with
+        the ground-truth flow in place of the flow net's (Φ_F from the warp with the GT
+        flow); every network still trains on its own Φ maps. Needs records with ground
+        truth (the synthetic world). The ground-truth static mask as apportionment is the
+        strategy ``make_apportionment.name = 'oracle_static'``.
+    """
+    return bool(ground_truth_apportionment_inputs)
+
+
+@gin.configurable
 def step_options(num_scales: int = 4, min_depth: float = 0.1, max_depth: float = 100.0,
                  rotation_mode: str = "axis_angle", occlusion_threshold: float = 0.2,
                  gradient_clip_norm=None, gc_all_scales: bool = False,
                  burn_in_terms=(), automask: bool = True) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
-    `train_and_evaluate` sets)."""
+    `train_and_evaluate` sets); the oracle switch comes from ``oracle``."""
     return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
                        rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
                        gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales,
-                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask))
+                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask),
+                       ground_truth_apportionment_inputs=oracle())

@@ -74,6 +74,21 @@ def records_have_ground_truth(pattern) -> bool:
     return False
 
 
+def set_op_determinism(enabled: bool) -> bool:
+    """Turns TensorFlow's op determinism on or off; returns the previous state.
+
+    `tf.config.experimental.enable_op_determinism` is process-wide and has no public
+    counterpart to read or undo it, so this uses the module behind it (TF 2.9+).
+    """
+    from tensorflow.python.framework import config as tf_config  # pylint: disable=import-outside-toplevel
+    before = bool(tf_config.is_op_determinism_enabled())
+    if enabled and not before:
+        tf_config.enable_op_determinism()
+    elif before and not enabled:
+        tf_config.disable_op_determinism()
+    return before
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Data seed of one epoch: a deterministic function of (seed, epoch)."""
     return int((int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2 ** 31 - 1))
@@ -166,6 +181,9 @@ class Trainer:
                 weights=configurables.loss_weights(), options=options,
                 global_batch_size=self.batch_size)
             self.step.build()
+            # ORACLE switches read ground truth: the pipeline must deliver it.
+            self.needs_ground_truth = bool(self.apportionment.needs_ground_truth
+                                           or options.ground_truth_apportionment_inputs)
             self.global_step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -215,7 +233,8 @@ class Trainer:
             ds = pipeline.make_dataset(
                 self.train_files, batch_size=self.batch_size, height=self.height,
                 width=self.width, training=True, seed=epoch_seed(self.seed, epoch),
-                deterministic=self.deterministic_data, input_context=input_context)
+                deterministic=self.deterministic_data, input_context=input_context,
+                with_ground_truth=self.needs_ground_truth)
             return ds.skip(skip) if skip else ds
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -314,6 +333,28 @@ class Trainer:
         return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
 
 
+def check_oracles(trainer: Trainer) -> None:
+    """Refuses an oracle switch on records without ground truth and announces one loudly
+    (an oracle run is a research instrument, never a result to report as a method)."""
+    if not trainer.needs_ground_truth:
+        return
+    switches = []
+    if trainer.apportionment.needs_ground_truth:
+        switches.append(f"make_apportionment.name = {trainer.apportionment.name!r}")
+    if trainer.step.options.ground_truth_apportionment_inputs:
+        switches.append("oracle.ground_truth_apportionment_inputs = True")
+    for split, files in (("train", trainer.train_files), ("val", trainer.val_files)):
+        if files and not records_have_ground_truth(files):
+            raise ValueError(
+                f"{' and '.join(switches)} needs records with ground truth (gt/depth, "
+                f"gt/flow, gt/moving_mask: the synthetic world), but the {split} records "
+                f"{files!r} have none")
+    message = ("ORACLE RUN — uses ground truth in training: " + "; ".join(switches)
+               + " (docs/synthetic_benchmark.md)")
+    logging.warning(message)
+    print(f"[WARNING] {message}", flush=True)
+
+
 def validation_history(model_dir: str) -> str:
     """One line from the run's ``eval_<step>.json`` files, e.g. ``abs_rel 0.595 (step 0,
     untrained) -> 0.504 (90) -> 0.409 (450); best 0.395 (step 360)``; '' when none."""
@@ -367,6 +408,7 @@ def train_and_evaluate(
     evaluate_before_training: bool = True,
     seed: int = 0,
     deterministic_data: bool = True,
+    deterministic_ops: bool = True,
     run_eagerly: bool = False,
     stop_at_step: Optional[int] = None,
     progress: bool = True,
@@ -401,6 +443,9 @@ def train_and_evaluate(
       evaluate_before_training: evaluate the untrained networks first (step 0).
       seed: seeds the data order/augmentation per epoch and the per-step randomness.
       deterministic_data: deterministic tf.data (needed for exact resume).
+      deterministic_ops: `tf.config.experimental.enable_op_determinism()` while training
+        (restored afterwards): two runs, and a resumed and an uninterrupted run, give
+        bit-identical weights on CPU (docs/synthetic_benchmark.md, "Determinism").
       run_eagerly: no tf.function (debugging; set by ``--run_eagerly``).
       stop_at_step: stop (after checkpointing) when the global step reaches it — a
         planned interruption; running again resumes.
@@ -426,11 +471,13 @@ def train_and_evaluate(
         logging.info("%d training snippets -> %d steps per epoch", num_records, steps_per_epoch)
     total_steps = int(num_epochs) * int(steps_per_epoch)
 
+    determinism_before = set_op_determinism(deterministic_ops)
     trainer = Trainer(
         model_dir, train_files, val_files, height, width, batch_size, num_epochs,
         steps_per_epoch, burn_in_epochs, quantile_estimation_epochs, strategy, mixed_precision,
         jit_compile, steps_per_loop, keep_checkpoints, seed, deterministic_data, run_eagerly,
         eval_batch_size, max_eval_batches)
+    check_oracles(trainer)
     restored = trainer.restore()
     chief = trainer.is_chief
     writer = tf.summary.create_file_writer(
@@ -438,7 +485,7 @@ def train_and_evaluate(
     has_gt = bool(val_files) and records_have_ground_truth(val_files)
     diag_batch = None
     if val_files:
-        diag_batch = next(iter(trainer.eval_dataset(False).take(1)))
+        diag_batch = next(iter(trainer.eval_dataset(trainer.needs_ground_truth).take(1)))
         diag_batch = {k: v[:min(4, batch_size)] for k, v in diag_batch.items()}
     spe = trainer.steps_per_epoch
     step = int(trainer.global_step.numpy())
@@ -547,6 +594,7 @@ def train_and_evaluate(
     finally:
         bar.close()
         writer.flush()
+        set_op_determinism(determinism_before)
     if chief:
         logging.info("trained %d steps in %.1f s", step, time.time() - start_time)
         history = validation_history(trainer.write_dir)
