@@ -59,7 +59,7 @@ def test_v_with_ground_truth_flow_inputs_admits_no_moving_pixel(gt_batch):
         phi_rigid=tf.stack(phi_r, 1), phi_flow=phi_flow, phi_identity=None,
         rigid_flow=tf.stack(rigid, 1), optical_flow=flow,
         non_occluded=tf.ones_like(phi_flow))
-    strategy = apportion.make_strategy("coopnet", sample_size=1024, jit_compile=False)
+    strategy = apportion.make_strategy("coopnet", sample_size=4096, jit_compile=False)
     strategy.start_epoch()
     strategy(inputs, use_quantiles=False, update_quantiles=True)
     strategy.end_epoch()
@@ -134,3 +134,25 @@ def test_oracles_refuse_batches_without_ground_truth(gt_batch):
             _no_gt(gt_batch), Phase(burn_in=False), SEED)
     with pytest.raises(ValueError, match="gt_moving_mask"):
         build_step("oracle_static").compute_losses(_no_gt(gt_batch), Phase(burn_in=False), SEED)
+
+
+def test_training_refuses_oracles_on_records_without_ground_truth(tmp_path, capsys):
+    import types
+
+    from coopnet_tf.training import loop
+    path = str(tmp_path / "train-00000-of-00001.tfrecord")
+    example = tf.train.Example(features=tf.train.Features(feature={
+        specs.FEATURE_FRAME_ID: tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}))
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(example.SerializeToString())
+    trainer = types.SimpleNamespace(
+        needs_ground_truth=True, train_files=path, val_files=None,
+        apportionment=apportion.make_strategy("oracle_static"),
+        step=types.SimpleNamespace(options=GT_OPTIONS))
+    with pytest.raises(ValueError, match="oracle.ground_truth_apportionment_inputs") as err:
+        loop.check_oracles(trainer)
+    assert "make_apportionment.name = 'oracle_static'" in str(err.value)
+    assert path in str(err.value)
+    trainer.needs_ground_truth = False        # no oracle: nothing to check, no warning
+    loop.check_oracles(trainer)
+    assert "ORACLE" not in capsys.readouterr().out
