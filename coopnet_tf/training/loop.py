@@ -80,7 +80,8 @@ def set_op_determinism(enabled: bool) -> bool:
     `tf.config.experimental.enable_op_determinism` is process-wide and has no public
     counterpart to read or undo it, so this uses the module behind it (TF 2.9+).
     """
-    from tensorflow.python.framework import config as tf_config  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from tensorflow.python.framework import config as tf_config
     before = bool(tf_config.is_op_determinism_enabled())
     if enabled and not before:
         tf_config.enable_op_determinism()
