@@ -94,6 +94,10 @@ def test_chained_ate_is_zero_up_to_a_similarity_and_sees_an_error():
     g = odometry.chain_relative_poses(rel)[:, :3, 3]
     p = odometry.chain_relative_poses(wrong)[:, :3, 3]
     assert 0.0 < ate <= math.sqrt(np.mean(np.sum((g - p) ** 2, 1))) + 1e-12
+    # no predicted motion: the GT positions' RMS distance to their centroid, not NaN
+    still = np.broadcast_to(np.eye(4), rel.shape)
+    want = math.sqrt(np.mean(np.sum((g - g.mean(0)) ** 2, 1)))
+    assert math.isclose(strata.chained_trajectory_ate(rel, still), want, rel_tol=1e-12)
 
 
 def test_paired_interval():
