@@ -1,25 +1,29 @@
-r"""Reproduces CoopNet's central claim on the synthetic world, where the ground truth is exact.
+r"""The synthetic benchmark: every apportionment strategy, oracle arms, exact ground truth.
 
     python benchmarks/reproduce_synthetic.py                       # the default run (CPU)
-    python benchmarks/reproduce_synthetic.py --seeds=0,1,2 --steps_per_epoch=300
-
-Defaults: seed 0, 5 epochs x 90 steps at 64x192: a shared burn-in of 3 epochs, then 2
-epochs per method (lr 1e-4, then 1e-5); about 30 min on a 2-core CPU per seed. The
-committed results are ``--seeds=0,1`` (docs/benchmarks.md).
+    python benchmarks/reproduce_synthetic.py --seeds=0,1,2         # paired intervals
+    python benchmarks/reproduce_synthetic.py --methods=coopnet,oracle_static
     python benchmarks/reproduce_synthetic.py --eval_only          # re-evaluate trained runs
 
-Trains ``baseline`` (Table 4 row 1), ``glnet_min`` (row 2), ``coopnet`` (V = V_η ∩ V_ζ)
-and ``coopnet_no_vzeta`` (V = V_η, ``use_flow_prior=False``) through the project's own
-training code (`coopnet_tf.training.loop.train_and_evaluate`, configured by
-``gin/synthetic.gin`` + gin bindings on ``train_and_evaluate`` / ``make_apportionment``),
-on the SAME synthetic dataset (with a raised share of moving objects), with the same seeds
-(data order, augmentation, per-step randomness and the networks' initialisation via
-``keras.utils.set_random_seed``) and the same number of steps; each run has its own
-``model_dir`` under ``--model_root`` (default ``<output_dir>/runs``, git-ignored). The
-repository's ``gin/`` is copied to ``<model_root>/gin_snapshot`` when training starts and
-every run parses that copy. Finished runs are not retrained (re-running with more seeds
-trains only the new ones); ``--eval_only`` re-evaluates and keeps, in the JSON, how the
-models were trained (``training_run``).
+Defaults: seed 0, the six arms of the verdict questions (``DEFAULT_METHODS``: all but
+``coopnet_no_vzeta``), 5 epochs x 90 steps at 64x192: a shared burn-in of 3 epochs, then
+2 epochs per arm (lr 1e-4, then 1e-5); 1,440 training steps in all. The instrument (arms, oracle
+switches, metrics, verdict table, determinism) is described in docs/synthetic_benchmark.md.
+
+Arms (``METHODS``): ``baseline`` (Table 4 row 1), ``glnet_min`` (row 2), ``coopnet``
+(V = V_η ∩ V_ζ), ``coopnet_no_vzeta`` (V = V_η), and the ORACLES ``oracle_static`` (V = the
+ground-truth static pixels), ``coopnet_gt_inputs`` and ``glnet_min_gt_inputs`` (Δ, Δflow
+from the ground-truth flow: ``oracle.ground_truth_apportionment_inputs = True``), trained
+through the project's own training code
+(`coopnet_tf.training.loop.train_and_evaluate`, configured by ``gin/synthetic.gin`` + gin
+bindings), on the SAME synthetic dataset (with a raised share of moving objects), with the
+same seeds (data order, augmentation, per-step randomness and the networks'
+initialisation) and the same number of steps; each run has its own ``model_dir`` under
+``--model_root`` (default ``<output_dir>/runs``, git-ignored). The repository's ``gin/``
+is copied to ``<model_root>/gin_snapshot`` when training starts and every run parses that
+copy. Finished runs are not retrained (re-running with more seeds trains only the new
+ones); ``--eval_only`` re-evaluates and keeps, in the JSON, how the models were trained
+(``training_run``).
 
 Shared burn-in (default ``--share_burn_in``): in the training protocol every method is
 trained identically during the burn-in epochs (Monodepth2 loss for depth/pose, uniform
@@ -32,26 +36,13 @@ quantiles during the last burn-in epoch), its checkpoint is copied into every me
 result as training each from scratch, at a fraction of the cost. ``--noshare_burn_in``
 trains every run from scratch.
 
-Evaluation on the held-out TEST sequences of the same world (never seen in training):
-
-* depth: AbsRel / RMSE after per-image median scaling (standard protocol, GT range
-  (1e-3, 80) m, whole image, no crop), on all, static and moving pixels; a pixel is moving
-  when the GT moving mask is set for any of its sources. The subsets are pooled over
-  pixels (the per-image scale is fitted on all valid pixels of the image); the standard
-  per-image-averaged metrics on all pixels are reported too (``depth_standard``);
-* pose: ATE of Zhou et al. on 5-frame snippets of the trajectory chained from the
-  predicted T_{k->k+1} of each test sequence (``ate5``), and the per-snippet 3-frame
-  scale-aligned ATE of [t-1, t, t+1] (``ate3``); means over snippets;
-* flow: EPE (px) of F_{t->s} on static / moving / all pixels (pooled, both sources, GT
-  flow is defined on every pixel, occluded or not);
-* "pixel in V" as a static-pixel detector (per pixel and source; GT static = not moving
-  for that source): precision P(static | in V), recall P(in V | static), the base rate
-  P(static), the fraction of pixels in V and the leak P(in V | moving). V is computed with
-  the trained networks and (``V_frozen``) the final frozen P² quantiles of the coopnet runs'
-  checkpoints, and (``V_testq``, for EVERY method including baseline/glnet_min) with exact
-  quantiles of Δ / Δflow estimated on the test set itself;
-* Δ = Φ_D − Φ_F densities for all / static / moving pixels (GT masks, non-occluded
-  pixels): the Fig. 1-style plot ``delta_density.png``.
+Evaluation on the held-out TEST sequences of the same world (never seen in training),
+three families compared with paired 95 % intervals over seeds and a generated verdict
+table (docs/synthetic_benchmark.md): static-pixel depth (scale from static pixels only),
+pose (ATE-3, ATE-5, whole chained sequences), moving-pixel depth (static scale, and the
+per-image median as a second column; depth bias); plus "pixel in V" as a static detector,
+flow EPE static / moving beside zero flow's, and the Fig. 1-style Δ densities per arm with
+the learned and with the ground-truth flow (``*_delta_density.png``).
 
 Writes ``<output_dir>/reproduce_synthetic.json`` (every number per seed, the means and
 spreads, metadata: machine, versions, command, date, load) and
@@ -75,6 +66,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
+GT_INPUTS = "oracle.ground_truth_apportionment_inputs = True"
 METHODS = {
     "baseline": ["make_apportionment.name = 'baseline'"],
     "glnet_min": ["make_apportionment.name = 'glnet_min'"],
@@ -82,13 +74,46 @@ METHODS = {
                 "make_apportionment.use_flow_prior = True"],
     "coopnet_no_vzeta": ["make_apportionment.name = 'coopnet'",
                          "make_apportionment.use_flow_prior = False"],
-    # Competitive Collaboration (docs/competitive_collaboration.md): after the shared
-    # burn-in (its "basic" phase), collaboration / competition stages of `period` steps
-    # (about a quarter of the remaining steps each, see gin_bindings).
+    # Competitive Collaboration (docs/competitive_collaboration.md), opt-in: after the
+    # shared burn-in (its "basic" phase), collaboration / competition stages of `period`
+    # steps (about a quarter of the remaining steps each, see gin_bindings).
     "cc": ["make_apportionment.name = 'cc'", "make_apportionment.period_unit = 'steps'"],
+    # ORACLE arms (docs/synthetic_benchmark.md): ground truth in training.
+    "oracle_static": ["make_apportionment.name = 'oracle_static'"],
+    "coopnet_gt_inputs": ["make_apportionment.name = 'coopnet'",
+                          "make_apportionment.use_flow_prior = True", GT_INPUTS],
+    "glnet_min_gt_inputs": ["make_apportionment.name = 'glnet_min'", GT_INPUTS],
 }
-DEFAULT_METHODS = ("baseline", "glnet_min", "coopnet", "coopnet_no_vzeta")   # cc: opt-in
+# the default run: every arm the verdict questions need (not coopnet_no_vzeta), one seed,
+# to stay within an hour on the 2-core CPU (docs/synthetic_benchmark.md)
+DEFAULT_METHODS = ("baseline", "glnet_min", "coopnet", "oracle_static", "coopnet_gt_inputs",
+                   "glnet_min_gt_inputs")
 BURN_IN_METHOD = "coopnet"   # trains the shared burn-in (and estimates the P² quantiles)
+# the verdict table's comparisons: (question, first arm, second arm)
+VERDICTS = [
+    ("(a) what the benchmark can detect: oracle_static vs baseline", "oracle_static",
+     "baseline"),
+    ("(b) perfect flow partner: coopnet_gt_inputs vs oracle_static", "coopnet_gt_inputs",
+     "oracle_static"),
+    ("(b) perfect flow partner: coopnet_gt_inputs vs glnet_min_gt_inputs",
+     "coopnet_gt_inputs", "glnet_min_gt_inputs"),
+    ("(c) learned flow: coopnet vs baseline", "coopnet", "baseline"),
+    ("(c) learned flow: coopnet vs glnet_min", "coopnet", "glnet_min"),
+    ("(c) learned flow: coopnet vs oracle_static", "coopnet", "oracle_static"),
+]
+
+
+def uses_ground_truth_inputs(method: str) -> bool:
+    return GT_INPUTS in METHODS[method]
+
+
+def estimates_quantiles_from_ground_truth(method: str) -> bool:
+    """A coopnet arm with GT inputs: its P² estimation epoch (the last burn-in epoch) must
+    see the GT-flow Δ, so it resumes from the shared burn-in BEFORE that epoch."""
+    return uses_ground_truth_inputs(method) and "make_apportionment.name = 'coopnet'" in \
+        METHODS[method]
+
+
 DEPTH_RANGE = (1e-3, 80.0)
 SUBSETS = ("all", "static", "moving")
 
@@ -236,16 +261,34 @@ def _copy_run(src: str, dst: str) -> None:
 
 
 def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
-    """Trains every (method, seed) run; returns per-run training info."""
+    """Trains every (method, seed) run; returns per-run training info.
+
+    Shared burn-in: trained once per seed; when an arm estimates its quantiles from the
+    ground-truth flow (``coopnet_gt_inputs``), the burn-in is stopped once before its P²
+    estimation epoch, that checkpoint is kept (``_burn_in_pre_estimation``) and the arm
+    resumes from it (the networks' training does not depend on Δ during the burn-in, and a
+    resumed run equals an uninterrupted one exactly, see docs/synthetic_benchmark.md).
+    """
     info: Dict[str, Dict[str, object]] = {}
     total_steps = cfg.num_epochs * cfg.steps_per_epoch
     burn_steps = cfg.burn_in_epochs * cfg.steps_per_epoch
+    pre_steps = max(cfg.burn_in_epochs - 1, 0) * cfg.steps_per_epoch   # 1 estimation epoch
+    need_pre = any(estimates_quantiles_from_ground_truth(m) for m in cfg.methods)
     for seed in cfg.seeds:
-        burn_dir = None
+        burn_dir = pre_dir = None
         burn_seconds = 0.0
         if cfg.share_burn_in and 0 < burn_steps < total_steps:
             burn_dir = os.path.join(model_root, f"seed{seed}", "_burn_in")
             start = time.time()
+            if need_pre and pre_steps > 0:
+                pre_dir = os.path.join(model_root, f"seed{seed}", "_burn_in_pre_estimation")
+                if not _finished(pre_dir, pre_steps):
+                    if not _finished(burn_dir, pre_steps):
+                        print(f"[reproduce] seed {seed}: shared burn-in to step {pre_steps} "
+                              "(before the P² estimation epoch)", flush=True)
+                        _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=pre_steps)
+                    if _finished(burn_dir, pre_steps) and not _finished(burn_dir, pre_steps + 1):
+                        _copy_run(burn_dir, pre_dir)
             if not _finished(burn_dir, burn_steps):
                 print(f"[reproduce] seed {seed}: shared burn-in, {burn_steps} steps", flush=True)
                 _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=burn_steps)
@@ -253,9 +296,12 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
         for method in cfg.methods:
             run_dir = os.path.join(model_root, f"seed{seed}", method)
             start = time.time()
+            source = burn_dir
+            if estimates_quantiles_from_ground_truth(method):
+                source = pre_dir    # None: from scratch (no shared part before estimation)
             if not _finished(run_dir, total_steps):
-                if burn_dir is not None:
-                    _copy_run(burn_dir, run_dir)
+                if source is not None:
+                    _copy_run(source, run_dir)
                 print(f"[reproduce] seed {seed}: {method}, to step {total_steps}", flush=True)
                 result = _train(cfg, run_dir, method, seed)
             else:
@@ -263,6 +309,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
             info[f"{method}/seed{seed}"] = {
                 "model_dir": run_dir, "train_seconds": round(time.time() - start, 1),
                 "shared_burn_in_seconds": round(burn_seconds, 1),
+                "resumed_from": source,
                 "final_validation": {k: v for k, v in result.items()
                                      if isinstance(v, (int, float))}}
     return info
@@ -334,12 +381,13 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
     from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
     from coopnet_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from coopnet_tf.losses import apportion  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.training import step as step_lib  # pylint: disable=import-outside-toplevel
 
     forward, frozen, info, (eta, zeta) = _build_eval(model_dir, eager)
     ds = pipeline.make_dataset(test_pattern, batch_size=8, height=height, width=width,
                                training=False, with_ground_truth=True, deterministic=True)
-    keys = ("depth", "transforms", "flow", "delta", "dflow", "non_occ", "gt_depth",
-            "gt_pose", "gt_flow", "moving", "seq", "frame")
+    keys = ("depth", "transforms", "flow", "delta", "dflow", "delta_gt", "dflow_gt", "non_occ",
+            "gt_depth", "gt_pose", "gt_flow", "moving", "seq", "frame")
     out = {k: [] for k in keys}   # (+ cc_* masks for a CC run)
     seen = 0
     for batch in ds:
@@ -352,6 +400,12 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
                                                     fwd["phi_flow"][0]).numpy()[..., 0])
         out["dflow"].append(apportion.compute_delta_flow(fwd["rigid_flow"],
                                                          fwd["optical_flow"]).numpy())
+        # the same with the ground-truth flow as the flow partner (the oracle's inputs)
+        phi_gt, flow_gt = step_lib.ground_truth_flow_inputs(batch)
+        out["delta_gt"].append(apportion.compute_delta(fwd["phi_rigid"][0],
+                                                       phi_gt).numpy()[..., 0])
+        out["dflow_gt"].append(apportion.compute_delta_flow(fwd["rigid_flow"],
+                                                            flow_gt).numpy())
         out["non_occ"].append(fwd["non_occluded"].numpy()[..., 0] > 0.5)
         out["gt_depth"].append(batch[specs.KEY_GT_DEPTH].numpy()[..., 0])
         out["gt_pose"].append(batch[specs.KEY_GT_POSE].numpy())
@@ -417,7 +471,7 @@ def pose_metrics(transforms: np.ndarray, gt_pose: np.ndarray, seq: np.ndarray,
                  frame: np.ndarray) -> Dict[str, object]:
     """ATE on 5-frame snippets of chained T_{k->k+1} (Zhou) and 3-frame per snippet."""
     from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
-    from coopnet_tf.eval import odometry  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.eval import odometry, strata  # pylint: disable=import-outside-toplevel
     nxt = specs.SOURCE_INDICES.index(specs.TARGET_INDEX + 1)
     prv = specs.SOURCE_INDICES.index(specs.TARGET_INDEX - 1)
     ate3 = []
@@ -429,7 +483,7 @@ def pose_metrics(transforms: np.ndarray, gt_pose: np.ndarray, seq: np.ndarray,
             p = np.stack([inv[prv][:3, 3], np.zeros(3), inv[nxt][:3, 3]])
             pts.append(p - p[0])   # relative to the snippet's first frame (as Zhou et al.)
         ate3.append(odometry.compute_ate(pts[1], pts[0]))
-    ate5 = []
+    ate5, chained = [], []
     for s in np.unique(seq):
         idx = np.where(seq == s)[0]
         idx = idx[np.argsort(frame[idx])]
@@ -442,17 +496,26 @@ def pose_metrics(transforms: np.ndarray, gt_pose: np.ndarray, seq: np.ndarray,
             gt_traj = odometry.chain_relative_poses(gt_pose[run, nxt])
             pred_traj = odometry.chain_relative_poses(transforms[run, nxt])
             ate5.extend(odometry.snippet_ate(gt_traj, pred_traj, 5).tolist())
+            chained.append(strata.chained_trajectory_ate(gt_pose[run, nxt], transforms[run, nxt]))
     return {"ate5_mean": float(np.mean(ate5)) if ate5 else None,
+            "ate_chained_mean": float(np.mean(chained)) if chained else None,
+            "ate_chained_runs": len(chained),
             "ate5_std": float(np.std(ate5)) if ate5 else None, "ate5_snippets": len(ate5),
             "ate3_mean": float(np.mean(ate3)), "ate3_std": float(np.std(ate3)),
             "ate3_snippets": len(ate3)}
 
 
 def flow_metrics(flow: np.ndarray, gt_flow: np.ndarray, moving: np.ndarray) -> Dict[str, object]:
+    """EPE (px) of the flow and, beside it, of zero flow (what learning nothing scores)."""
     epe = np.sqrt(np.sum((flow.astype(np.float64) - gt_flow) ** 2, -1))
-    return {"epe_all": float(epe.mean()),
-            "epe_static": float(epe[~moving].mean()) if (~moving).any() else None,
-            "epe_moving": float(epe[moving].mean()) if moving.any() else None}
+    zero = np.sqrt(np.sum(gt_flow.astype(np.float64) ** 2, -1))
+    out = {"epe_all": float(epe.mean())}
+    for name, m in (("static", ~moving), ("moving", moving)):
+        out[f"epe_{name}"] = float(epe[m].mean()) if m.any() else None
+        out[f"epe_zero_{name}"] = float(zero[m].mean()) if m.any() else None
+    out["epe_moving_over_zero"] = (out["epe_moving"] / out["epe_zero_moving"]
+                                   if out["epe_moving"] and out["epe_zero_moving"] else None)
+    return out
 
 
 def v_detector(v: np.ndarray, moving: np.ndarray) -> Dict[str, float]:
@@ -476,9 +539,13 @@ def compute_v(delta, dflow, bounds_eta, bounds_x, bounds_y, use_flow_prior=True)
 
 def v_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
     eta, zeta = eta_zeta
-    delta, dflow, dom, moving = arr["delta"], arr["dflow"], arr["non_occ"], arr["moving"]
+    gt_inputs = uses_ground_truth_inputs(method)
+    delta, dflow = (arr["delta_gt"], arr["dflow_gt"]) if gt_inputs else (arr["delta"],
+                                                                        arr["dflow"])
+    dom, moving = arr["non_occ"], arr["moving"]
     use_prior = method != "coopnet_no_vzeta"
-    result = {"use_flow_prior": use_prior}
+    result = {"use_flow_prior": use_prior,
+              "inputs": "ground-truth flow" if gt_inputs else "learned flow"}
     qe = np.quantile(delta[dom], [0.5 - eta, 0.5 + eta])
     qx = np.quantile(dflow[..., 0][dom], [0.5 - zeta, 0.5 + zeta])
     qy = np.quantile(dflow[..., 1][dom], [0.5 - zeta, 0.5 + zeta])
@@ -531,8 +598,11 @@ def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
                                                    cfg.width, cfg.max_test_snippets,
                                                    eager=cfg.run_eagerly)
     moving_any = arr["moving"].any(axis=1)
+    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
     metrics = {
         "depth": depth_metrics(arr["gt_depth"], arr["depth"], moving_any),
+        "depth_static_scale": strata.static_scaled_depth(arr["gt_depth"], arr["depth"],
+                                                         moving_any, *DEPTH_RANGE),
         "pose": pose_metrics(arr["transforms"], arr["gt_pose"], arr["seq"], arr["frame"]),
         "flow": flow_metrics(arr["flow"], arr["gt_flow"], arr["moving"]),
         "v": v_metrics(arr, frozen, eta_zeta, method),
@@ -544,21 +614,26 @@ def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
     dom = arr["non_occ"]
     rng = np.random.default_rng(0)
     samples = {}
-    for name, m in (("all", dom), ("static", dom & ~arr["moving"]),
-                    ("moving", dom & arr["moving"])):
-        vals = arr["delta"][m]
-        if len(vals) > 200_000:
-            vals = rng.choice(vals, 200_000, replace=False)
-        samples[name] = vals
+    for flow_name, key in (("learned", "delta"), ("gt", "delta_gt")):
+        samples[flow_name] = {}
+        for name, m in (("all", dom), ("static", dom & ~arr["moving"]),
+                        ("moving", dom & arr["moving"])):
+            vals = arr[key][m]
+            if len(vals) > 200_000:
+                vals = rng.choice(vals, 200_000, replace=False)
+            samples[flow_name][name] = vals
     return metrics, samples, arr
 
 
 def trivial_reference(arr) -> Dict[str, object]:
     """What a network that learned nothing scores: constant depth, identity pose, zero flow."""
+    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
     moving_any = arr["moving"].any(axis=1)
     eye = np.broadcast_to(np.eye(4, dtype=np.float32), arr["transforms"].shape)
     return {
         "depth": depth_metrics(arr["gt_depth"], np.ones_like(arr["depth"]), moving_any),
+        "depth_static_scale": strata.static_scaled_depth(
+            arr["gt_depth"], np.ones_like(arr["depth"]), moving_any, *DEPTH_RANGE),
         "pose": pose_metrics(eye, arr["gt_pose"], arr["seq"], arr["frame"]),
         "flow": flow_metrics(np.zeros_like(arr["flow"]), arr["gt_flow"], arr["moving"]),
     }
@@ -566,27 +641,42 @@ def trivial_reference(arr) -> Dict[str, object]:
 
 # ----------------------------------------------------------------- reporting ----
 
-TABLE_METRICS = [
-    ("AbsRel all", ("depth", "all", "abs_rel")),
-    ("AbsRel static", ("depth", "static", "abs_rel")),
-    ("AbsRel moving", ("depth", "moving", "abs_rel")),
-    ("RMSE all", ("depth", "all", "rmse")),
-    ("RMSE static", ("depth", "static", "rmse")),
-    ("RMSE moving", ("depth", "moving", "rmse")),
+# metric families: (name, path in a run's metrics, better: "lower" / "higher" / "one")
+FAMILIES = {
+    "static depth": [
+        ("AbsRel static", ("depth_static_scale", "static", "abs_rel"), "lower"),
+        ("log-RMSE static", ("depth_static_scale", "static", "log_rmse"), "lower"),
+        ("δ<1.25 static", ("depth_static_scale", "static", "a1"), "higher"),
+    ],
+    "pose": [
+        ("ATE-3", ("pose", "ate3_mean"), "lower"),
+        ("ATE-5", ("pose", "ate5_mean"), "lower"),
+        ("ATE chained", ("pose", "ate_chained_mean"), "lower"),
+    ],
+    "moving depth": [
+        ("AbsRel moving", ("depth_static_scale", "moving", "abs_rel"), "lower"),
+        ("log-RMSE moving", ("depth_static_scale", "moving", "log_rmse"), "lower"),
+        ("δ<1.25 moving", ("depth_static_scale", "moving", "a1"), "higher"),
+        ("AbsRel moving (median/img)", ("depth", "moving", "abs_rel"), "lower"),
+        ("moving bias", ("depth_static_scale", "moving_bias"), "one"),
+    ],
+    "V detector": [
+        ("V precision", ("v", "V_testq", "precision_static"), "higher"),
+        ("V recall", ("v", "V_testq", "recall_static"), "higher"),
+        ("P(V|moving)", ("v", "V_testq", "moving_in_v"), "lower"),
+        ("V frozen precision", ("v", "V_frozen", "precision_static"), "higher"),
+    ],
+    "flow": [
+        ("EPE static", ("flow", "epe_static"), "lower"),
+        ("EPE moving", ("flow", "epe_moving"), "lower"),
+        ("EPE moving / zero flow", ("flow", "epe_moving_over_zero"), "lower"),
+    ],
+}
+CONTEXT_METRICS = [   # shown, not compared
+    ("AbsRel all (median/img)", ("depth", "all", "abs_rel")),
     ("depth std/mean", ("depth", "pred_depth_rel_std")),
-    ("ATE-5", ("pose", "ate5_mean")),
-    ("ATE-3", ("pose", "ate3_mean")),
-    ("EPE static", ("flow", "epe_static")),
-    ("EPE moving", ("flow", "epe_moving")),
-]
-V_METRICS = [
-    ("V frozen: precision", ("v", "V_frozen", "precision_static")),
-    ("V frozen: recall", ("v", "V_frozen", "recall_static")),
-    ("V frozen: |V|/px", ("v", "V_frozen", "fraction_in_v")),
-    ("V frozen: P(V|moving)", ("v", "V_frozen", "moving_in_v")),
-    ("V test-q: precision", ("v", "V_testq", "precision_static")),
-    ("V test-q: recall", ("v", "V_testq", "recall_static")),
-    ("V test-q: P(V|moving)", ("v", "V_testq", "moving_in_v")),
+    ("zero-flow EPE static", ("flow", "epe_zero_static")),
+    ("zero-flow EPE moving", ("flow", "epe_zero_moving")),
     ("P(static)", ("v", "V_testq", "base_rate_static")),
     ("mean Δ static", ("v", "delta_stats", "mean_static")),
     ("mean Δ moving", ("v", "delta_stats", "mean_moving")),
@@ -598,6 +688,7 @@ MOTION_METRICS = [
                       ("joint", "CC Joint"), ("joint_authors", "CC Joint (authors' eval)"))
     for cls in ("moving", "mean")
 ]
+VERDICT_FAMILIES = ("static depth", "pose", "moving depth")
 
 
 def _get(d, path):
@@ -608,52 +699,120 @@ def _get(d, path):
     return d
 
 
+def _badness(value, better):
+    """A value where lower is better (the moving bias: |log bias|)."""
+    if value is None:
+        return None
+    if better == "higher":
+        return -value
+    if better == "one":
+        return abs(math.log(value)) if value > 0 else None
+    return value
+
+
+def comparisons(methods) -> List[tuple]:
+    """(label, a, b) pairs whose arms were both run: the verdicts' and coopnet − every arm."""
+    out = [(q, a, b) for q, a, b in VERDICTS if a in methods and b in methods]
+    seen = {(a, b) for _, a, b in out}
+    for other in methods:
+        if other != "coopnet" and "coopnet" in methods and ("coopnet", other) not in seen:
+            out.append((f"coopnet vs {other}", "coopnet", other))
+    return out
+
+
 def summarise(per_run: Dict[str, Dict], methods, seeds) -> Dict[str, Dict]:
+    """Per arm and metric: per-seed values and the mean; per comparison and metric: the
+    paired differences a − b with their 95 % t-interval (``strata.paired_interval``)."""
+    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
+    metrics = [(n, p, b) for fam in FAMILIES.values() for n, p, b in fam]
     summary = {}
     for method in methods:
         runs = [per_run.get(f"{method}/seed{s}") for s in seeds]
         runs = [r for r in runs if r is not None]
         summary[method] = {name: common.mean_spread(_get(r, path) for r in runs)
-                           for name, path in TABLE_METRICS + V_METRICS + MOTION_METRICS}
-    # paired differences against coopnet on the moving-pixel depth error
+                           for name, path, *_ in metrics + CONTEXT_METRICS
+                           + MOTION_METRICS}
     paired = {}
-    for other in ("baseline", "glnet_min"):
-        for key, path in (("abs_rel_moving", ("depth", "moving", "abs_rel")),
-                          ("rmse_moving", ("depth", "moving", "rmse")),
-                          ("abs_rel_all", ("depth", "all", "abs_rel")),
-                          ("ate5", ("pose", "ate5_mean"))):
-            diffs = []
-            for s in seeds:
-                a = _get(per_run.get(f"coopnet/seed{s}", {}), path)
-                b = _get(per_run.get(f"{other}/seed{s}", {}), path)
-                if a is not None and b is not None:
-                    diffs.append(a - b)
-            if diffs:
-                paired[f"coopnet_minus_{other}/{key}"] = {
-                    "per_seed": diffs, "mean": float(np.mean(diffs)),
-                    "coopnet_better_in_seeds": int(sum(d < 0 for d in diffs)),
-                    "seeds": len(diffs)}
+    for label, a, b in comparisons(methods):
+        rows = {}
+        for name, path, better in metrics:
+            va = [_get(per_run.get(f"{a}/seed{s}", {}), path) for s in seeds]
+            vb = [_get(per_run.get(f"{b}/seed{s}", {}), path) for s in seeds]
+            diff = strata.paired_interval(va, vb)
+            # in "badness" units (lower = better) for the verdict
+            bad = strata.paired_interval([_badness(v, better) for v in va],
+                                         [_badness(v, better) for v in vb])
+            diff["a_better"] = bool(bad["excludes_zero"] and bad["high"] < 0)
+            diff["b_better"] = bool(bad["excludes_zero"] and bad["low"] > 0)
+            rows[name] = diff
+        paired[f"{a} − {b}"] = {"question": label, "a": a, "b": b, "metrics": rows}
     summary["_paired"] = paired
+    summary["_verdicts"] = verdicts(paired, len(seeds))
     return summary
 
 
+def verdicts(paired: Dict[str, Dict], num_seeds: int) -> List[Dict[str, object]]:
+    """Per verdict question and metric family: which arm the 95 % paired intervals favour.
+
+    "a better" when at least one metric of the family favours a with an interval that
+    excludes 0 and none favours b; "mixed" when both happen; "no detectable difference"
+    when no interval excludes 0; "n/a" with fewer than 2 seeds.
+    """
+    out = []
+    for key, comp in paired.items():
+        if not comp["question"].startswith("("):
+            continue
+        for family in VERDICT_FAMILIES:
+            names = [n for n, *_ in FAMILIES[family]]
+            rows = [comp["metrics"][n] for n in names]
+            a_wins = [n for n, r in zip(names, rows) if r["a_better"]]
+            b_wins = [n for n, r in zip(names, rows) if r["b_better"]]
+            if num_seeds < 2 or all(r["n"] < 2 for r in rows):
+                outcome = "n/a (fewer than 2 seeds)"
+            elif a_wins and b_wins:
+                outcome = "mixed"
+            elif a_wins:
+                outcome = f"{comp['a']} better"
+            elif b_wins:
+                outcome = f"{comp['b']} better"
+            else:
+                outcome = "no detectable difference"
+            out.append({"question": comp["question"], "comparison": key, "family": family,
+                        "outcome": outcome, "a_better_on": a_wins, "b_better_on": b_wins})
+    return out
+
+
+def _fmt_values(ms) -> str:
+    if ms.get("mean") is None:
+        return "n/a"
+    vals = ms.get("values", [])
+    if len(vals) > 1:
+        return f"{common.fmt(ms['mean'])} ({', '.join(common.fmt(v, 3) for v in vals)})"
+    return common.fmt(ms["mean"])
+
+
+def _fmt_interval(d) -> str:
+    if d["n"] < 2:
+        return "n/a"
+    return f"[{common.fmt(d['low'], 3)}, {common.fmt(d['high'], 3)}]"
+
+
 def tables_markdown(summary, methods, seeds) -> str:
-    spread = "mean ± half-range over seeds" if len(seeds) > 1 else "one seed"
-    parts = [f"Test split of the synthetic world; {spread} (seeds {list(seeds)}). "
-             "AbsRel/RMSE: median-scaled, pooled over pixels of the subset. ATE in metres "
-             "(5-frame: Zhou et al. on chained pairs; 3-frame: per snippet). EPE in px.\n"]
-    parts.append(common.markdown_table(
-        ["method"] + [n for n, _ in TABLE_METRICS],
-        [[m] + [common.fmt_mean_spread(summary[m][n]) for n, _ in TABLE_METRICS]
-         for m in methods]))
-    parts.append("\n\n\"Pixel in V\" as a static-pixel detector (per pixel and source). "
-                 "Frozen: the run's final P² quantiles (coopnet runs only); test-q: exact "
-                 "quantiles of the test set (every method; V = V_η ∩ V_ζ, V_η for "
-                 "coopnet_no_vzeta).\n\n")
-    parts.append(common.markdown_table(
-        ["method"] + [n for n, _ in V_METRICS],
-        [[m] + [common.fmt_mean_spread(summary[m][n]) for n, _ in V_METRICS]
-         for m in methods if V_METRICS[0][0] in summary[m]]))
+    parts = [f"Test split of the synthetic world; seeds {list(seeds)}; each cell: mean "
+             "(per-seed values). Depth: scale per image from its STATIC pixels only "
+             "(median ratio), pooled over pixels; \"median/img\": the standard per-image "
+             "median scale on all pixels; moving bias: median of scaled prediction / GT "
+             "on moving pixels (1 = unbiased). ATE in metres (3-frame per snippet, 5-frame "
+             "Zhou et al., whole test sequences chained and 7-DoF aligned). EPE in px; zero "
+             "flow's EPE beside. V: \"pixel in V\" as a static detector with test-set "
+             "quantiles, from each arm's own apportionment inputs (GT flow for *_gt_inputs "
+             "arms); frozen: the run's P² quantiles.\n"]
+    for family, rows in list(FAMILIES.items()) + [("context", CONTEXT_METRICS)]:
+        names = [r[0] for r in rows]
+        parts.append(f"\n**{family}**\n\n" + common.markdown_table(
+            ["method"] + names,
+            [[m] + [_fmt_values(summary[m].get(n, {})) for n in names]
+             for m in methods if m in summary]))
     motion_rows = [n for n, _ in MOTION_METRICS
                    if any(summary[m].get(n, {}).get("mean") is not None for m in methods
                           if n in summary[m])]
@@ -663,48 +822,70 @@ def tables_markdown(summary, methods, seeds) -> str:
                      "complement as a moving detector and CC's three masks (CC runs).\n\n")
         parts.append(common.markdown_table(
             ["method"] + motion_rows,
-            [[m] + [common.fmt_mean_spread(summary[m][n]) for n in motion_rows]
+            [[m] + [_fmt_values(summary[m][n]) for n in motion_rows]
              for m in methods if motion_rows[0] in summary[m]]))
     paired = summary.get("_paired", {})
     if paired:
-        parts.append("\n\nPaired differences (coopnet − other, per seed; negative = coopnet "
-                     "better):\n\n")
+        parts.append("\n\n**Paired differences** (a − b per seed, mean, 95 % t-interval "
+                     "over seeds; \"favours\": the interval excludes 0)\n\n")
+        table = []
+        for key, comp in paired.items():
+            for name, d in comp["metrics"].items():
+                fav = comp["a"] if d["a_better"] else comp["b"] if d["b_better"] else ""
+                table.append([key, name, ", ".join(common.fmt(v, 3) for v in d["per_seed"]),
+                              common.fmt(d["mean"]), _fmt_interval(d), fav])
         parts.append(common.markdown_table(
-            ["comparison", "per seed", "mean", "coopnet better in"],
-            [[k, ", ".join(common.fmt(v) for v in d["per_seed"]), common.fmt(d["mean"]),
-              f"{d['coopnet_better_in_seeds']}/{d['seeds']} seeds"] for k, d in paired.items()]))
+            ["a − b", "metric", "per seed", "mean", "95 % interval", "favours"], table))
+    rows = summary.get("_verdicts", [])
+    if rows:
+        parts.append("\n\n**Verdicts** (computed from the intervals above: a family favours "
+                     "an arm when one of its metrics' intervals excludes 0 in its favour and "
+                     "none in the other's)\n\n")
+        parts.append(common.markdown_table(
+            ["question", "family", "outcome", "metrics favouring a", "metrics favouring b"],
+            [[r["question"], r["family"], r["outcome"], ", ".join(r["a_better_on"]) or "–",
+              ", ".join(r["b_better_on"]) or "–"] for r in rows]))
     return "\n".join(parts) + "\n"
 
 
-def plot_delta_density(path: str, samples_by_method: Dict[str, Dict[str, np.ndarray]],
+def plot_delta_density(path: str, samples_by_method: Dict[str, Dict[str, Dict]],
                        quantiles_by_method: Dict[str, Optional[Dict]], title: str = "") -> str:
+    """Fig. 1-style Δ = Φ_D − Φ_F densities per arm: top row with the arm's learned flow,
+    bottom row with the ground-truth flow as Φ_F (same depth/pose)."""
     from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
     plt = plots.pyplot()
     methods = list(samples_by_method)
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
-    all_vals = np.concatenate([s["all"] for s in samples_by_method.values() if len(s["all"])])
+    fig, axes = plt.subplots(2, len(methods), figsize=(4.2 * len(methods), 6.6),
+                             squeeze=False)
+    vals = [s[f]["all"] for s in samples_by_method.values() for f in ("learned", "gt")
+            if len(s[f]["all"])]
+    all_vals = np.concatenate(vals) if vals else np.zeros(0)
     lo, hi = np.percentile(all_vals, [0.5, 99.5]) if len(all_vals) else (-0.5, 0.5)
     bins = np.linspace(lo, hi, 121)
-    for ax, method in zip(axes[0], methods):
-        s = samples_by_method[method]
-        for name, colour in (("all", "k"), ("static", "tab:blue"), ("moving", "tab:red")):
-            vals = s[name]
-            if len(vals) == 0:
-                continue
-            hist, edges = np.histogram(vals, bins=bins, density=True)
-            ax.plot(0.5 * (edges[1:] + edges[:-1]), hist, color=colour, lw=1.4,
-                    label=f"{name} ({len(vals)})")
-        q = quantiles_by_method.get(method)
-        if q:
-            for b in q["eta"]:
-                ax.axvline(b, color="tab:green", ls="--", lw=1)
-        ax.axvline(0.0, color="grey", lw=0.6)
-        ax.set_yscale("log")
-        ax.set_title(method)
-        ax.set_xlabel("Δ = Φ_D − Φ_F")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("density (log)")
+    for col, method in enumerate(methods):
+        for row, flow_name in enumerate(("learned", "gt")):
+            ax = axes[row][col]
+            s = samples_by_method[method][flow_name]
+            for name, colour in (("all", "k"), ("static", "tab:blue"), ("moving", "tab:red")):
+                if len(s[name]) == 0:
+                    continue
+                hist, edges = np.histogram(s[name], bins=bins, density=True)
+                ax.plot(0.5 * (edges[1:] + edges[:-1]), hist, color=colour, lw=1.4,
+                        label=f"{name} ({len(s[name])})")
+            q = quantiles_by_method.get(method)
+            own = "gt" if uses_ground_truth_inputs(method) else "learned"
+            if q and flow_name == own:
+                for b in q["eta"]:
+                    ax.axvline(b, color="tab:green", ls="--", lw=1)
+            ax.axvline(0.0, color="grey", lw=0.6)
+            ax.set_yscale("log")
+            ax.set_title(f"{method}: {'learned' if flow_name == 'learned' else 'GT'} flow",
+                         fontsize=9)
+            ax.set_xlabel("Δ = Φ_D − Φ_F")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("density (log)")
+        axes[1][0].set_ylabel("density (log)")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -758,7 +939,9 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     trivial = per_run_extra.get("trivial")
     if trivial is not None:
         summary["trivial (learned nothing)"] = {
-            name: common.mean_spread([_get(trivial, path)]) for name, path in TABLE_METRICS}
+            name: common.mean_spread([_get(trivial, path)])
+            for name, path, *_ in [r for fam in FAMILIES.values() for r in fam]
+            + CONTEXT_METRICS}
     md = tables_markdown(summary, list(cfg.methods) + (["trivial (learned nothing)"]
                                                        if trivial is not None else []),
                          cfg.seeds)
@@ -771,14 +954,21 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
             "shared_burn_in": bool(cfg.share_burn_in),
             "total_steps": cfg.num_epochs * cfg.steps_per_epoch,
             "burn_in_steps": cfg.burn_in_epochs * cfg.steps_per_epoch,
-            "depth": "median scaling per image, GT in (1e-3, 80) m, whole image; subsets "
-                     "pooled over pixels; moving = GT moving for any source",
+            "depth": "depth_static_scale: per-image scale from the static pixels only; "
+                     "depth: median scaling per image on all pixels; GT in (1e-3, 80) m, "
+                     "whole image; subsets pooled over pixels; moving = GT moving for any "
+                     "source",
             "pose": "ate5: Zhou et al. 5-frame snippets of trajectories chained from the "
                     "T_{k->k+1} of consecutive test snippets; ate3: per snippet, frames "
-                    "[t-1, t, t+1], scale-aligned (SfMLearner compute_ate)",
+                    "[t-1, t, t+1], scale-aligned (SfMLearner compute_ate); "
+                    "ate_chained: whole runs of consecutive test snippets chained, 7-DoF "
+                    "Umeyama aligned, position RMSE",
             "flow": "EPE of F_{t->s}, both sources, all pixels (occluded included)",
             "v": "V_frozen: final frozen P² quantiles of the coopnet runs; V_testq: exact "
-                 "quantiles of the test set (all methods)",
+                 "quantiles of the test set (all methods); both from each arm's own "
+                 "apportionment inputs (GT flow for *_gt_inputs arms)",
+            "statistics": "per-seed values, mean, 95 % Student-t interval of the paired "
+                          "differences a - b over seeds (n/a with fewer than 2 seeds)",
         },
         "timing_seconds": {"dataset": round(data_seconds, 1), "training": round(train_seconds, 1),
                            "evaluation": round(eval_seconds, 1)},
@@ -788,7 +978,8 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     }
     if cfg.plot and samples:
         title = (f"Δ densities on the test split (seed {cfg.seeds[0]}; non-occluded pixels, "
-                 "GT moving masks; dashed: frozen V_η bounds)")
+                 "GT moving masks; top: the arm's flow net as Φ_F, bottom: the GT flow; "
+                 "dashed: frozen V_η bounds on the arm's own inputs)")
         payload["plot"] = plot_delta_density(
             os.path.join(cfg.output_dir, f"{cfg.output_name}_delta_density.png"), samples,
             quantiles, title)

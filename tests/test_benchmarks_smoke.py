@@ -32,34 +32,72 @@ def test_common_helpers(tmp_path):
 
 def test_reproduce_synthetic_tiny(tmp_path):
     from benchmarks import reproduce_synthetic as rs
+    methods = ("coopnet", "oracle_static", "coopnet_gt_inputs")
     cfg = rs.Config(
         output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
-        methods=("coopnet",), seeds=(0,), height=64, width=64,
-        num_epochs=2, steps_per_epoch=1, burn_in_epochs=1, lr_boundary_epoch=1,
+        methods=methods, seeds=(0,), height=64, width=64,
+        num_epochs=3, steps_per_epoch=1, burn_in_epochs=2, lr_boundary_epoch=2,
         num_sequences=1, num_val_sequences=1, num_test_sequences=1, frames_per_sequence=6,
-        num_objects=4, run_eagerly=True, plot=True, share_burn_in=False,
+        num_objects=4, run_eagerly=True, plot=True, share_burn_in=True,
         extra_bindings=("build_flow_net.num_layers = 18",
                         "train_and_evaluate.max_eval_batches = 1",
                         "train_and_evaluate.evaluate_before_training = False"))
     payload = rs.run(cfg, argv=["reproduce_synthetic.py", "--smoke"])
     data = json.loads((tmp_path / "out" / "reproduce_synthetic.json").read_text())
-    assert (tmp_path / "out" / "reproduce_synthetic.md").is_file()
+    md = (tmp_path / "out" / "reproduce_synthetic.md").read_text()
     assert (tmp_path / "out" / "reproduce_synthetic_delta_density.png").is_file()
     for key in ("config", "dataset", "protocol", "per_run", "summary", "metadata",
                 "timing_seconds"):
         assert key in data
     for key in ("date_utc", "command", "machine", "versions", "load_average_end"):
         assert key in data["metadata"]
-    run = data["per_run"]["coopnet/seed0"]
+    # shared burn-in: the GT-input coopnet arm resumed before the P² estimation epoch
+    runs = data["per_run"]
+    assert runs["coopnet/seed0"]["training"]["resumed_from"].endswith("_burn_in")
+    assert runs["coopnet_gt_inputs/seed0"]["training"]["resumed_from"].endswith(
+        "_burn_in_pre_estimation")
+    operative = (tmp_path / "out" / "runs" / "seed0" / "coopnet_gt_inputs" /
+                 "operative_config.gin").read_text()
+    assert "oracle.ground_truth_apportionment_inputs = True" in operative
+    run = runs["coopnet/seed0"]
     for subset in ("all", "static", "moving"):
         assert set(run["depth"][subset]) >= {"abs_rel", "rmse", "pixels"}
-    assert {"ate5_mean", "ate3_mean"} <= set(run["pose"])
-    assert {"epe_static", "epe_moving", "epe_all"} <= set(run["flow"])
+    assert set(run["depth_static_scale"]["static"]) >= {"abs_rel", "log_rmse", "a1"}
+    assert "moving_bias" in run["depth_static_scale"]
+    assert {"ate5_mean", "ate3_mean", "ate_chained_mean"} <= set(run["pose"])
+    assert {"epe_static", "epe_moving", "epe_zero_moving", "epe_all"} <= set(run["flow"])
     assert "V_testq" in run["v"] and "precision_static" in run["v"]["V_testq"]
     assert "V_frozen" in run["v"]          # the coopnet run has frozen quantiles
+    assert runs["coopnet_gt_inputs/seed0"]["v"]["inputs"] == "ground-truth flow"
     assert "AbsRel moving" in data["summary"]["coopnet"]
     assert "trivial (learned nothing)" in data["summary"]
+    assert "coopnet_gt_inputs − oracle_static" in data["summary"]["_paired"]
+    assert "**Verdicts**" in md and "n/a (fewer than 2 seeds)" in md
     assert payload["per_run"].keys() == data["per_run"].keys()
+
+
+def test_verdicts_follow_the_paired_intervals():
+    from benchmarks import reproduce_synthetic as rs
+
+    def run(abs_rel_static, ate, abs_rel_moving):
+        return {"depth_static_scale": {"static": {"abs_rel": abs_rel_static},
+                                       "moving": {"abs_rel": abs_rel_moving}},
+                "pose": {"ate3_mean": ate}}
+    per_run = {}
+    for s, noise in enumerate((0.0, 0.01, -0.01)):
+        per_run[f"baseline/seed{s}"] = run(0.30 + noise, 0.05 + noise, 0.5 + noise)
+        # oracle: static depth clearly better in every seed; pose worse in one seed only
+        per_run[f"oracle_static/seed{s}"] = run(0.20 + noise, 0.05 + 3 * noise, 0.5 - noise)
+    summary = rs.summarise(per_run, ("baseline", "oracle_static"), (0, 1, 2))
+    rows = {r["family"]: r for r in summary["_verdicts"]}
+    assert rows["static depth"]["outcome"] == "oracle_static better"
+    assert rows["static depth"]["a_better_on"] == ["AbsRel static"]
+    assert rows["pose"]["outcome"] == "no detectable difference"
+    d = summary["_paired"]["oracle_static − baseline"]["metrics"]["AbsRel static"]
+    assert d["n"] == 3 and d["high"] < 0 < d["high"] + 0.2
+    one = rs.summarise({k: v for k, v in per_run.items() if k.endswith("seed0")},
+                       ("baseline", "oracle_static"), (0,))
+    assert all(r["outcome"].startswith("n/a") for r in one["_verdicts"])
 
 
 def test_throughput_tiny(tmp_path):

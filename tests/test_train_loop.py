@@ -3,13 +3,16 @@
 * the `tf.function` loop (two calls of two steps) under the default strategy and under
   MirroredStrategy over the two logical CPU devices of conftest.py: losses finite, weights
   change, the operative gin config and checkpoints are written;
-* kill-and-resume: N steps, stop, resume to M — the state equals that of an uninterrupted
-  run to M (weights within float tolerance, P² quantile state and counters equal). These
-  runs use `run_eagerly=True` (same code path minus `tf.function`: no tracing cost).
+* kill-and-resume: N steps, stop, copy the model_dir as the benchmark does, resume to M —
+  every variable (weights, Adam moments, BatchNorm statistics, P² state, counters) is
+  bit-identical to an uninterrupted run to M. These runs use `run_eagerly=True` (same
+  code path minus `tf.function`: no tracing cost).
 """
 import glob
 import json
 import os
+import pathlib
+import sys
 
 import gin
 import numpy as np
@@ -22,6 +25,10 @@ from coopnet_tf import run_layout
 from coopnet_tf import train as train_main
 from coopnet_tf.data import records
 from coopnet_tf.training import loop
+
+REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if REPO_ROOT not in sys.path:      # the benchmarks package (its copy-the-burn-in helper)
+    sys.path.insert(0, REPO_ROOT)
 
 SIZE = 64
 
@@ -129,7 +136,13 @@ def _read_scalars(logdir):
     return values
 
 
-def test_kill_and_resume_matches_uninterrupted(tiny_dataset, tmp_path):
+def test_kill_and_resume_equals_uninterrupted_exactly(tiny_dataset, tmp_path):
+    """Bit-identical on CPU (deterministic_ops, the default): an uninterrupted run, and a
+    run stopped after the burn-in, copied to another model_dir the way the benchmark
+    copies its shared burn-in (`reproduce_synthetic._copy_run`) and resumed there in a
+    fresh Trainer."""
+    from benchmarks import reproduce_synthetic
+
     common = ("train_and_evaluate.num_epochs = 3",
               "train_and_evaluate.steps_per_epoch = 1",
               "train_and_evaluate.burn_in_epochs = 1",
@@ -145,12 +158,12 @@ def test_kill_and_resume_matches_uninterrupted(tiny_dataset, tmp_path):
     straight = str(tmp_path / "straight")
     configure(tiny_dataset, *common)
     loop.train_and_evaluate(model_dir=straight)
-    # interrupted after 2 steps (quantiles frozen twice, estimators fed), then resumed in
-    # a fresh Trainer.
-    resumed = str(tmp_path / "resumed")
+    # interrupted after 2 steps (quantiles frozen twice, estimators fed), copied, resumed.
+    burn_in, resumed = str(tmp_path / "burn_in"), str(tmp_path / "resumed")
     configure(tiny_dataset, *common)
-    first = loop.train_and_evaluate(model_dir=resumed, stop_at_step=2)
+    first = loop.train_and_evaluate(model_dir=burn_in, stop_at_step=2)
     assert first["step"] == 2
+    reproduce_synthetic._copy_run(burn_in, resumed)
     configure(tiny_dataset, *common)
     second = loop.train_and_evaluate(model_dir=resumed)
     assert second["step"] == 3
@@ -161,14 +174,10 @@ def test_kill_and_resume_matches_uninterrupted(tiny_dataset, tmp_path):
     assert int(a["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
     quantile_keys = [k for k in a if k.startswith("quantiles/")]
     assert len(quantile_keys) >= 6
-    for key in sorted(a):
-        if key.startswith("save_counter"):
-            continue
-        if key.startswith(("quantiles/", "global_step", "epoch", "nonfinite_steps")) \
-                or a[key].dtype.kind in "iub":
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-        else:
-            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert any(k.startswith("depth_pose_optimizer/") for k in a)    # Adam moments too
+    unequal = [k for k in sorted(a) if not k.startswith("save_counter")
+               and not np.array_equal(a[k], b[k])]
+    assert not unequal, f"{len(unequal)} of {len(a)} variables differ, e.g. {unequal[:5]}"
     # the learning rate follows the schedule by global step (1e-5 from epoch 1 on).
     lr_keys = [k for k in a if "learning_rate" in k]
     assert lr_keys and all(np.isclose(a[k], 1e-5) for k in lr_keys)

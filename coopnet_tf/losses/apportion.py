@@ -16,6 +16,10 @@ strategy:
   combined with minimum reprojection; the flow trains on every non-occluded pixel, the
   tails of Δ and the centre weighted to contribute equally ("mean of tails + mean of
   centre", Eq. 11).
+* ``oracle_static`` (a research instrument, not in the paper): V = the ground-truth static
+  pixels (moving in neither source), minimum reprojection over them; flow weights uniform
+  on the non-occluded pixels — the upper bound of any apportionment. Needs the records'
+  ground-truth moving masks (``ApportionInputs.gt_moving_mask``).
 
 Interface (what the training step codes against):
 
@@ -73,6 +77,8 @@ class ApportionInputs(NamedTuple):
     optical_flow: `[B, S, H, W, 2]` F_δ target -> source, px.
     non_occluded: `[B, S, H, W, 1]` 0/1, 1 = target pixel visible in source s (range map).
     extras: optional mapping for strategies that need more (e.g. a moderator's frames).
+    gt_moving_mask: `[B, S, H, W, 1]` 0/1 ground truth, 1 = target pixel on an object moving
+      between I_t and I_s (synthetic records only; ``oracle_static`` needs it), or None.
     """
     phi_rigid: tf.Tensor
     phi_flow: tf.Tensor
@@ -81,6 +87,7 @@ class ApportionInputs(NamedTuple):
     optical_flow: tf.Tensor
     non_occluded: tf.Tensor
     extras: Optional[Mapping[str, Any]] = None
+    gt_moving_mask: Optional[tf.Tensor] = None
 
 
 class Apportionment(NamedTuple):
@@ -303,6 +310,7 @@ class ApportionmentStrategy:
       delta_flow_eps: ε (px) in Eq. 13's denominator.
     """
     name = "base"
+    needs_ground_truth = False   # True: the inputs must carry ground truth (oracles)
 
     def __init__(self, histogram_size: int = DEFAULT_HISTOGRAM_SIZE, jit_compile: bool = True,
                  delta_flow_eps: float = DELTA_FLOW_EPS):
@@ -384,6 +392,46 @@ class GLNetMinStrategy(ApportionmentStrategy):
         rigid_mask, loss_w, flow_mask, stats, hist = _core(_glnet_core, self.jit_compile)(
             *_sg_inputs(inputs), eps=self.delta_flow_eps, hist_size=self.histogram_size)
         return Apportionment(rigid_mask, loss_w, "all", flow_mask, stats, hist)
+
+
+def _oracle_static_core(phi_rigid, phi_flow, rigid_flow, optical_flow, non_occluded,
+                        gt_moving, eps, hist_size):
+    delta, dfx, dfy, domain = _common(phi_rigid, phi_flow, rigid_flow, optical_flow,
+                                      non_occluded, eps)
+    # static = moving in NO source: the same mask for every source of the pixel.
+    moving_any = tf.reduce_max(_f32(gt_moving), axis=1, keepdims=True) > 0.5
+    rigid_mask = tf.broadcast_to(_f32(tf.logical_not(moving_any)), tf.shape(delta))
+    pixel_w, loss_w = uniform_weights(domain)
+    stats = _common_stats(delta, domain, rigid_mask, pixel_w)
+    stats["apportion/fraction_V"] = _fraction(rigid_mask)
+    hist = _histogram_samples({DELTA: delta, DELTA_FLOW_X: dfx, DELTA_FLOW_Y: dfy}, domain,
+                              hist_size)
+    return rigid_mask, loss_w, pixel_w, stats, hist
+
+
+class OracleStaticStrategy(ApportionmentStrategy):
+    """Research instrument: V = the ground-truth static pixels, flow weights uniform.
+
+    The rigid mask of every source is 1 where the target pixel moves in NO source
+    (``gt_moving_mask``), and depth/pose train with Monodepth2's minimum reprojection over
+    those pixels; the flow trains on every non-occluded pixel with w ≡ 1 (as baseline).
+    What a perfect static/moving apportionment could give: the upper bound of any
+    strategy. Raises when the inputs carry no ground truth.
+    """
+    name = "oracle_static"
+    needs_ground_truth = True
+
+    def __call__(self, inputs, use_quantiles=False, update_quantiles=False):
+        if inputs.gt_moving_mask is None:
+            raise ValueError(
+                "apportionment 'oracle_static' needs the ground-truth moving masks "
+                "(ApportionInputs.gt_moving_mask, batch key "
+                "'gt_moving_mask'): train on records with ground truth (the synthetic "
+                "world) and make_dataset(with_ground_truth=True)")
+        rigid_mask, loss_w, pixel_w, stats, hist = _core(_oracle_static_core, self.jit_compile)(
+            *_sg_inputs(inputs), tf.stop_gradient(_f32(inputs.gt_moving_mask)),
+            eps=self.delta_flow_eps, hist_size=self.histogram_size)
+        return Apportionment(rigid_mask, loss_w, "masked", pixel_w, stats, hist)
 
 
 class CoopNetStrategy(ApportionmentStrategy):
@@ -505,15 +553,17 @@ STRATEGIES = {
     BaselineStrategy.name: BaselineStrategy,
     GLNetMinStrategy.name: GLNetMinStrategy,
     CoopNetStrategy.name: CoopNetStrategy,
+    OracleStaticStrategy.name: OracleStaticStrategy,
 }
 
 
 def make_strategy(name: str = "coopnet", **options) -> ApportionmentStrategy:
-    """Builds the apportionment strategy `name` ("baseline", "glnet_min", "coopnet").
+    """Builds the apportionment strategy `name` ("baseline", "glnet_min", "coopnet",
+    "oracle_static").
 
     Call it inside `tf.distribute.Strategy.scope()` when distributing (the coopnet
     strategy creates variables). `options` are the strategy's constructor arguments
-    (see ``CoopNetStrategy``; baseline and glnet_min take `histogram_size`,
+    (see ``CoopNetStrategy``; baseline, glnet_min and oracle_static take `histogram_size`,
     `jit_compile`, `delta_flow_eps`).
     """
     if name not in STRATEGIES:

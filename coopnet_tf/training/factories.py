@@ -10,6 +10,8 @@ Importing this module registers every configurable a config file may name:
   ``coopnet``) and its options, e.g. ``make_apportionment.name = 'glnet_min'``,
   ``make_apportionment.use_flow_prior = False``, ``make_apportionment.flow_weighting =
   'eq11'``;
+* ``oracle`` — research switches that use ground truth (synthetic records only; off by
+  default; a loud warning at training start when on);
 * ``loss_weights`` — the auxiliary loss weights (λ_gc, λ_fb, λ_s, λ_ep, λ_var); their
   defaults are `step.LossWeights`'s;
 * ``step_options`` — the step's static options; defaults are `step.StepOptions`'s;
@@ -130,6 +132,20 @@ def loss_weights(lambda_gc: float = _WEIGHTS["gc"], lambda_fb: float = _WEIGHTS[
 
 
 @gin.configurable
+def oracle(ground_truth_apportionment_inputs: bool = False) -> bool:
+    """ORACLE research switch (docs/synthetic_benchmark.md), off by default.
+
+    Args:
+      ground_truth_apportionment_inputs: the apportionment's Δ and Δflow are computed with
+        the ground-truth flow in place of the flow net's (Φ_F from the warp with the GT
+        flow); every network still trains on its own Φ maps. Needs records with ground
+        truth (the synthetic world). The ground-truth static mask as apportionment is the
+        strategy ``make_apportionment.name = 'oracle_static'``.
+    """
+    return bool(ground_truth_apportionment_inputs)
+
+
+@gin.configurable
 def step_options(num_scales: int = _OPTIONS["num_scales"],
                  min_depth: float = _OPTIONS["min_depth"],
                  max_depth: float = _OPTIONS["max_depth"],
@@ -140,8 +156,9 @@ def step_options(num_scales: int = _OPTIONS["num_scales"],
                  burn_in_terms=_OPTIONS["burn_in_terms"],
                  automask: bool = _OPTIONS["automask"]) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
-    `train_and_evaluate` sets)."""
+    `train_and_evaluate` sets); the oracle switch comes from ``oracle``."""
     return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
                        rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
                        gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales,
-                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask))
+                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask),
+                       ground_truth_apportionment_inputs=oracle())

@@ -91,6 +91,22 @@ class TrainConfig(NamedTuple):
 
 # ------------------------------------------------------------------------ helpers ----
 
+def set_op_determinism(enabled: bool) -> bool:
+    """Turns TensorFlow's op determinism on or off; returns the previous state.
+
+    `tf.config.experimental.enable_op_determinism` is process-wide and has no public
+    counterpart to read or undo it, so this uses the module behind it (TF 2.9+).
+    """
+    # pylint: disable-next=import-outside-toplevel
+    from tensorflow.python.framework import config as tf_config
+    before = bool(tf_config.is_op_determinism_enabled())
+    if enabled and not before:
+        tf_config.enable_op_determinism()
+    elif before and not enabled:
+        tf_config.disable_op_determinism()
+    return before
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Data seed of one epoch: a deterministic function of (seed, epoch)."""
     return int((int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2 ** 31 - 1))
@@ -226,6 +242,9 @@ class Trainer:
                 weights=factories.loss_weights(), options=options,
                 global_batch_size=config.batch_size)
             self.step.build()
+            # ORACLE switches read ground truth: the pipeline must deliver it.
+            self.needs_ground_truth = bool(self.apportionment.needs_ground_truth
+                                           or options.ground_truth_apportionment_inputs)
             self.global_step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -293,7 +312,8 @@ class Trainer:
             ds = pipeline.make_dataset(
                 cfg.train_files, batch_size=cfg.batch_size, height=cfg.height,
                 width=cfg.width, training=True, seed=epoch_seed(cfg.seed, epoch),
-                deterministic=cfg.deterministic_data, input_context=input_context)
+                deterministic=cfg.deterministic_data, input_context=input_context,
+                with_ground_truth=self.needs_ground_truth)
             return ds.skip(skip) if skip else ds
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -582,6 +602,29 @@ class Trainer:
         print(f"[eval] {tag} step {at_step}: {main}", flush=True)
 
 
+def check_oracles(trainer: Trainer) -> None:
+    """Refuses an oracle switch on records without ground truth and announces one loudly
+    (an oracle run is a research instrument, never a result to report as a method)."""
+    if not trainer.needs_ground_truth:
+        return
+    switches = []
+    if trainer.apportionment.needs_ground_truth:
+        switches.append(f"make_apportionment.name = {trainer.apportionment.name!r}")
+    if trainer.step.options.ground_truth_apportionment_inputs:
+        switches.append("oracle.ground_truth_apportionment_inputs = True")
+    for split, files in (("train", trainer.config.train_files),
+                         ("val", trainer.config.val_files)):
+        if files and not records.has_ground_truth(files):
+            raise ValueError(
+                f"{' and '.join(switches)} needs records with ground truth (gt/depth, "
+                f"gt/flow, gt/moving_mask: the synthetic world), but the {split} records "
+                f"{files!r} have none")
+    message = ("ORACLE RUN — uses ground truth in training: " + "; ".join(switches)
+               + " (docs/synthetic_benchmark.md)")
+    logging.warning(message)
+    print(f"[WARNING] {message}", flush=True)
+
+
 def validation_history(model_dir: str) -> str:
     """One line from the run's ``eval_<step>.json`` files, e.g. ``abs_rel 0.595 (step 0,
     untrained) -> 0.504 (90) -> 0.409 (450); best 0.395 (step 360)``; '' when none."""
@@ -654,6 +697,7 @@ def train_and_evaluate(
     evaluate_before_training: bool = True,
     seed: int = 0,
     deterministic_data: bool = True,
+    deterministic_ops: bool = True,
     run_eagerly: bool = False,
     stop_at_step: Optional[int] = None,
     progress: bool = True,
@@ -689,6 +733,9 @@ def train_and_evaluate(
       evaluate_before_training: evaluate the untrained networks first (step 0).
       seed: seeds the data order/augmentation per epoch and the per-step randomness.
       deterministic_data: deterministic tf.data (needed for exact resume).
+      deterministic_ops: `tf.config.experimental.enable_op_determinism()` while training
+        (restored afterwards): two runs, and a resumed and an uninterrupted run, give
+        bit-identical weights on CPU (docs/synthetic_benchmark.md, "Determinism").
       run_eagerly: no tf.function (debugging; set by ``--run_eagerly``).
       stop_at_step: stop (after checkpointing) when the global step reaches it — a
         planned interruption; running again resumes.
@@ -723,13 +770,18 @@ def train_and_evaluate(
     if warning:
         logging.warning(warning)
 
+    determinism_before = set_op_determinism(deterministic_ops)
     trainer = Trainer(config, strategy)
+    check_oracles(trainer)
     restored = trainer.restore()
     trainer.prepare_outputs()
     if restored is None and evaluate_before_training and val_files:
         trainer.evaluate_untrained()
     start_time = time.time()
-    step = trainer.train_until(config.total_steps if stop_at_step is None else stop_at_step)
+    try:
+        step = trainer.train_until(config.total_steps if stop_at_step is None else stop_at_step)
+    finally:
+        set_op_determinism(determinism_before)
     if trainer.is_chief:
         logging.info("trained %d steps in %.1f s", step, time.time() - start_time)
         history = validation_history(trainer.write_dir)

@@ -14,6 +14,9 @@ Per replica and step (docs/decisions.md D2, D11):
    threshold 0.2.
 4. Apportionment at scale 0: `ApportionInputs(Φ_D, Φ_F, Φ_id, rigid flow, flow,
    non-occluded)` → strategy → masks/weights (stop-gradient) reused at every scale.
+   Oracle switch (`StepOptions.ground_truth_apportionment_inputs`): Φ_F and F_δ of
+   these inputs come from the ground-truth flow (`ground_truth_flow_inputs`); the losses
+   below still use the networks' own Φ maps.
    During burn-in the strategy is called with `use_quantiles=False` (coopnet ≡
    baseline: Monodepth2 loss for D+T, w ≡ 1 on non-occluded pixels for F), or the
    baseline strategy is used when the configured one has no quantiles; P² estimation
@@ -82,6 +85,10 @@ class StepOptions(NamedTuple):
     automask: bool = True        # Monodepth2 auto-masking (identity terms) in L_θ,α
     jit_compile: bool = False    # XLA-compile the forward (networks, warps, Φ maps, aux)
     seed: int = 0                # per-step randomness: stateless, from (seed, step)
+    # ORACLE (research switch, gin `oracle.ground_truth_apportionment_inputs`): the
+    # apportionment's Φ_F and F_δ come from the ground-truth flow (batch key gt_flow);
+    # the networks still train on their own Φ maps.
+    ground_truth_apportionment_inputs: bool = False
 
 
 LOSS_KEYS_THETA_ALPHA = ("photo_theta_alpha", "smooth_depth", "gc", "ep_theta_alpha", "var")
@@ -104,6 +111,36 @@ def residual_flow_input(target, source, depth, transform, intrinsics):
     warped, _, flow = geometry.rigid_warp(source, depth, transform, intrinsics)
     error = tf.norm(warped - tf.cast(target, tf.float32), axis=-1, keepdims=True)
     return tf.stop_gradient(tf.concat([warped, flow, error], axis=-1))
+
+
+def ground_truth_flow_inputs(batch: Dict[str, tf.Tensor]):
+    """Φ_F and F_δ of the apportionment from the ground-truth flow (oracle switch).
+
+    Φ_F,gt = Φ(I_t, flow_warp(I_s, F_gt,t→s)) (Eq. 4 with the GT flow in place of the flow
+    net's), at the batch resolution, per source; stop-gradient.
+
+    Args:
+      batch: with `specs.KEY_FRAMES` and `specs.KEY_GT_FLOW` (`[B, S, H, W, 2]`, px).
+
+    Returns:
+      (phi_flow `[B, S, H, W, 1]`, flow `[B, S, H, W, 2]`), float32.
+
+    Raises:
+      ValueError: the batch has no ground-truth flow.
+    """
+    if specs.KEY_GT_FLOW not in batch:
+        raise ValueError(
+            "oracle.ground_truth_apportionment_inputs = True needs the ground-truth flow "
+            f"(batch key {specs.KEY_GT_FLOW!r}): train on records with ground truth (the "
+            "synthetic world) through make_dataset(with_ground_truth=True)")
+    frames = tf.cast(batch[specs.KEY_FRAMES], tf.float32)
+    num_src = len(specs.SOURCE_INDICES)
+    target = frames[:, specs.TARGET_INDEX]
+    src_stack = tf.concat([frames[:, i] for i in specs.SOURCE_INDICES], 0)
+    gt_flow = tf.cast(batch[specs.KEY_GT_FLOW], tf.float32)
+    warped, _ = geometry.flow_warp(src_stack, _to_source_major(gt_flow))
+    phi = photometric.photometric_error(tf.concat([target] * num_src, 0), warped)
+    return tf.stop_gradient(_to_batch_source(phi, num_src)), tf.stop_gradient(gt_flow)
 
 
 def _resize(x, height, width, method="bilinear"):
@@ -453,11 +490,14 @@ class CoopTrainStep:
                                             for i in range(frames_aug.shape[1])], -1),
                       "target": fwd["target"],
                       "training": bool(training and "strategy" in groups)}
+        phi_flow, optical_flow = fwd["phi_flow"][0], fwd["optical_flow"]
+        if opts.ground_truth_apportionment_inputs:   # oracle: Δ, Δflow from the GT flow
+            phi_flow, optical_flow = ground_truth_flow_inputs(batch)
         inputs = apportion.ApportionInputs(
-            phi_rigid=fwd["phi_rigid"][0], phi_flow=fwd["phi_flow"][0],
+            phi_rigid=fwd["phi_rigid"][0], phi_flow=phi_flow,
             phi_identity=fwd["phi_identity"], rigid_flow=fwd["rigid_flow"],
-            optical_flow=fwd["optical_flow"], non_occluded=fwd["non_occluded"],
-            extras=extras)
+            optical_flow=optical_flow, non_occluded=fwd["non_occluded"],
+            gt_moving_mask=batch.get(specs.KEY_GT_MOVING), extras=extras)
         app = strategy(inputs, use_quantiles=not phase.burn_in,
                        update_quantiles=bool(update and strategy.quantile_layer is not None))
 
