@@ -63,20 +63,31 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
 
 @gin.configurable
 def loss_weights(lambda_gc: float = 1e-3, lambda_fb: float = 1e-3, lambda_s: float = 1e-2,
-                 lambda_ep: float = 1e-3, lambda_var: float = 1e-6) -> LossWeights:
-    """The auxiliary loss weights of Eq. 15 (paper Sec. 4.4); 0 switches a term off."""
+                 lambda_ep: float = 1e-3, lambda_var: float = 1e-6,
+                 lambda_s_flow=None) -> LossWeights:
+    """The auxiliary loss weights of Eq. 15 (paper Sec. 4.4); 0 switches a term off.
+
+    ``lambda_s_flow``: a separate weight for the flow smoothness (None: λ_s, the paper's
+    single weight; docs/flow_partner.md).
+    """
     return LossWeights(gc=lambda_gc, fb=lambda_fb, smooth=lambda_s, ep=lambda_ep,
-                       var=lambda_var)
+                       var=lambda_var,
+                       smooth_flow=None if lambda_s_flow is None else float(lambda_s_flow))
 
 
 @gin.configurable
 def step_options(num_scales: int = 4, min_depth: float = 0.1, max_depth: float = 100.0,
                  rotation_mode: str = "axis_angle", occlusion_threshold: float = 0.2,
                  gradient_clip_norm=None, gc_all_scales: bool = False,
-                 burn_in_terms=(), automask: bool = True) -> StepOptions:
+                 burn_in_terms=(), automask: bool = True,
+                 flow_smoothness_units: str = "normalised",
+                 backward_flow_photometric: bool = False) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
-    `train_and_evaluate` sets)."""
+    `train_and_evaluate` sets). The flow partner's switches (``flow_smoothness_units``
+    'normalised' | 'pixels', ``backward_flow_photometric``): docs/flow_partner.md."""
     return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
                        rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
                        gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales,
-                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask))
+                       burn_in_terms=tuple(burn_in_terms), automask=bool(automask),
+                       flow_smoothness_units=flow_smoothness_units,
+                       backward_flow_photometric=bool(backward_flow_photometric))

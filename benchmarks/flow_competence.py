@@ -1,0 +1,298 @@
+r"""How well does the flow partner know the motion after the shared burn-in?
+
+    python benchmarks/flow_competence.py                                  # current code
+    python benchmarks/flow_competence.py --levers=current,pixel_smooth,bwd_photo
+    python benchmarks/flow_competence.py --levers=pixel_smooth+bwd_photo+burn6
+
+For each lever setting, trains the burn-in of `benchmarks/reproduce_synthetic.py` only
+(its world: 64x192, num_objects=20, moving_fraction=0.75; its schedule: 3 epochs x 90
+steps, coopnet configuration with uniform flow weights, lr 1e-4) through the project's own
+training code (`reproduce_synthetic._train` -> `coopnet_tf.training.loop.train_and_evaluate`
+with ``gin/synthetic.gin`` + gin bindings), then evaluates on the TEST split of that world:
+
+* flow EPE (px, F_{t->s}, both sources, pooled) on moving / static / all pixels, the same
+  for zero flow, and ``ratio_moving`` = EPE_moving / EPE_zero_moving (the goal: <= 0.5);
+  a pixel is moving for a source when the GT moving mask is set for that source;
+* Φ_F vs Φ_D at scale 0 on non-occluded pixels: the fraction with Δ = Φ_D − Φ_F < 0
+  (rigid reconstructs better) on all / static / moving pixels;
+* the spread over (image, source) pairs of the tails' share |Γ|/|P| that Eq. 11 would use
+  with the run's frozen P² quantiles (what per-pair vs batch-wide normalisation changes).
+
+A lever setting is a ``+``-joined list of tokens (`LEVERS`): gin bindings
+(``pixel_smooth``, ``bwd_photo``, ``eq11_batch``, ...), schedule/resolution changes
+(``burn6``: 6 burn-in epochs; ``res96``: 96x288, ``res128``: 128x384) and ``post``: one
+more epoch with the coopnet apportionment (quantiles in use, lr 1e-4 as in the
+benchmark's epoch 4), resumed from the burn-in of the same setting without ``post`` and
+``eq11_*`` (trained first when missing). ``current`` is the code's behaviour.
+
+Each setting trains in ``<model_root>/<setting>/run`` (default model_root
+``benchmarks/results/runs/flow_competence``, git-ignored) with its own gin snapshot; a
+finished setting is not retrained, its result is kept in ``<setting>/competence.json``,
+and every invocation rewrites ``<output_dir>/flow_competence.json`` (+ ``.md``) from all
+finished settings, so settings can be trained by separate processes.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from benchmarks import reproduce_synthetic as rs  # noqa: E402
+
+# token -> gin bindings
+LEVERS: Dict[str, List[str]] = {
+    "current": [],
+    # (a) flow smoothness in pixels of its scale instead of width/height-normalised units
+    "pixel_smooth": ["step_options.flow_smoothness_units = 'pixels'"],
+    # (b) F_{s->t} gets its own photometric term
+    "bwd_photo": ["step_options.backward_flow_photometric = True"],
+    # (c) Eq. 11 normalised over the batch's pixels instead of per (image, source) pair
+    "eq11_batch": ["make_apportionment.flow_normalisation = 'batch'"],
+    "eq11_pair": ["make_apportionment.flow_normalisation = 'pair'"],
+}
+# separate flow smoothness weight: "ls_flow=<value>" -> loss_weights.lambda_s_flow
+SCHEDULE_TOKENS = {"burn6": {"burn_in_epochs": 6}, "burn9": {"burn_in_epochs": 9},
+                   "res96": {"height": 96, "width": 288},
+                   "res128": {"height": 128, "width": 384}}
+POST = "post"
+
+
+@dataclasses.dataclass
+class Config:
+    output_dir: str = "benchmarks/results"
+    model_root: Optional[str] = None     # default <output_dir>/runs/flow_competence
+    levers: Sequence[str] = ("current",)
+    seed: int = 0
+    eval_only: bool = False
+    progress: bool = False
+
+
+def parse_setting(setting: str):
+    """(bindings, Config overrides for reproduce_synthetic, post, burn-in setting name)."""
+    tokens = [t for t in setting.split("+") if t]
+    bindings: List[str] = []
+    overrides: Dict[str, object] = {}
+    post = False
+    base = []
+    for tok in tokens:
+        if tok == POST:
+            post = True
+            continue
+        if tok in LEVERS:
+            bindings += LEVERS[tok]
+        elif tok in SCHEDULE_TOKENS:
+            overrides.update(SCHEDULE_TOKENS[tok])
+        elif tok.startswith("ls_flow="):
+            bindings.append(f"loss_weights.lambda_s_flow = {float(tok.split('=', 1)[1])!r}")
+        else:
+            raise ValueError(f"unknown lever token {tok!r} in {setting!r}; tokens: "
+                             f"{sorted(LEVERS) + sorted(SCHEDULE_TOKENS)} ls_flow=<x> {POST}")
+        if not tok.startswith("eq11_"):
+            base.append(tok)
+    return bindings, overrides, post, "+".join(base) or "current"
+
+
+def bench_config(cfg: Config, setting: str) -> rs.Config:
+    bindings, overrides, post, _ = parse_setting(setting)
+    burn = int(overrides.get("burn_in_epochs", rs.Config.burn_in_epochs))
+    # lr 1e-4 throughout the burn-in and the first post-burn-in epoch (as in the benchmark)
+    extra = burn + 2
+    return dataclasses.replace(
+        rs.Config(), model_root=os.path.join(_root(cfg), setting), seeds=(cfg.seed,),
+        num_epochs=extra, lr_boundary_epoch=burn + 1, extra_bindings=tuple(bindings),
+        progress=cfg.progress, **overrides)
+
+
+def _root(cfg: Config) -> str:
+    return cfg.model_root or os.path.join(cfg.output_dir, "runs", "flow_competence")
+
+
+def _steps(bcfg: rs.Config, post: bool) -> int:
+    return (bcfg.burn_in_epochs + (1 if post else 0)) * bcfg.steps_per_epoch
+
+
+def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
+    """Trains `setting` (and, for ``post``, its burn-in first); returns timing info."""
+    _, _, post, base = parse_setting(setting)
+    bcfg = bench_config(cfg, setting)
+    run_dir = os.path.join(bcfg.model_root, "run")
+    steps = _steps(bcfg, post)
+    info = {"steps": steps, "train_seconds": 0.0, "resumed_from": None}
+    if rs._finished(run_dir, steps):  # pylint: disable=protected-access
+        return _load(os.path.join(bcfg.model_root, "competence.json")).get("training", info)
+    if post:
+        base_cfg = bench_config(cfg, base)
+        base_dir = os.path.join(base_cfg.model_root, "run")
+        if not rs._finished(base_dir, _steps(base_cfg, False)):  # pylint: disable=protected-access
+            train_setting(cfg, base)
+        rs._copy_run(base_dir, run_dir)  # pylint: disable=protected-access
+        info["resumed_from"] = base
+        info["steps_from_resume"] = bcfg.steps_per_epoch
+    snapshot = os.path.join(bcfg.model_root, "gin_snapshot")
+    if os.path.isdir(snapshot):
+        shutil.rmtree(snapshot)
+    print(f"[flow_competence] {setting}: training to step {steps}", flush=True)
+    start = time.time()
+    rs._train(bcfg, run_dir, rs.BURN_IN_METHOD, cfg.seed,  # pylint: disable=protected-access
+              stop_at_step=steps)
+    info["train_seconds"] = round(time.time() - start, 1)
+    info["load_average_after"] = common.load_average()
+    return info
+
+
+def tails_share_spread(arr, frozen) -> Optional[Dict[str, float]]:
+    """Per (image, source) pair: the share of the non-occluded pixels in Eq. 11's Γ
+    (Δ outside the frozen [q_t, q_{1-t}] tails bounds); its spread over pairs is what makes
+    per-pair and batch-wide normalisation differ."""
+    if frozen is None or "tails" not in frozen:
+        return None
+    lo, hi = frozen["tails"]
+    dom = arr["non_occ"]
+    gamma = ((arr["delta"] < lo) | (arr["delta"] > hi)) & dom
+    n_p = dom.sum(axis=(2, 3)).astype(np.float64)
+    share = gamma.sum(axis=(2, 3)) / np.maximum(n_p, 1)
+    share = share[n_p > 0]
+    return {"mean": float(share.mean()), "std": float(share.std()),
+            "p05": float(np.percentile(share, 5)), "p95": float(np.percentile(share, 95))}
+
+
+def evaluate_setting(cfg: Config, setting: str, test_pattern: str) -> Dict[str, object]:
+    bcfg = bench_config(cfg, setting)
+    run_dir = os.path.join(bcfg.model_root, "run")
+    arr, frozen, _, _ = rs.collect_predictions(run_dir, test_pattern, bcfg.height, bcfg.width)
+    moving = arr["moving"]
+    flow = rs.flow_metrics(arr["flow"], arr["gt_flow"], moving)
+    zero = rs.flow_metrics(np.zeros_like(arr["gt_flow"]), arr["gt_flow"], moving)
+    dom = arr["non_occ"]
+    neg = {}
+    for name, m in (("all", dom), ("static", dom & ~moving), ("moving", dom & moving)):
+        neg[name] = float((arr["delta"][m] < 0).mean()) if m.any() else None
+    px = 192.0 / bcfg.width   # EPE in pixels of the 64x192 frame, comparable across sizes
+    result = {
+        "setting": setting,
+        "resolution": [bcfg.height, bcfg.width],
+        "flow": flow,
+        "zero_flow": zero,
+        "ratio_moving": flow["epe_moving"] / zero["epe_moving"],
+        "ratio_static": flow["epe_static"] / zero["epe_static"],
+        "ratio_all": flow["epe_all"] / zero["epe_all"],
+        "epe_moving_px192": flow["epe_moving"] * px,
+        "fraction_delta_negative": neg,
+        "moving_pixel_fraction": float(moving.mean()),
+        "test_pairs": int(moving.shape[0] * moving.shape[1]),
+    }
+    if frozen is not None:
+        # the tails bounds of the run's quantiles, when the strategy estimated them
+        try:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            from coopnet_tf.losses import apportion  # pylint: disable=import-outside-toplevel
+            strategy = apportion.CoopNetStrategy(jit_compile=False)
+            layer = strategy.quantile_layer
+            tf.train.Checkpoint(quantiles=layer).restore(
+                tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))).expect_partial()
+            frozen = dict(frozen, tails=[float(layer.current(apportion.DELTA, p))
+                                         for p in strategy.tail_probs])
+        except Exception as e:  # pragma: no cover - diagnostic only
+            print(f"[flow_competence] tails quantiles unavailable: {e}")
+    result["tails_share_per_pair"] = tails_share_spread(arr, frozen)
+    return result
+
+
+def _load(path: str) -> Dict[str, object]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+COLUMNS = ("setting", "steps", "EPE moving", "zero EPE moving", "ratio moving",
+           "EPE static", "ratio static", "P(Δ<0) moving", "P(Δ<0) static", "train min",
+           "load")
+
+
+def table(results: Sequence[Dict[str, object]]) -> str:
+    rows = []
+    for r in results:
+        t = r.get("training", {})
+        rows.append([r["setting"], t.get("steps"), r["flow"]["epe_moving"],
+                     r["zero_flow"]["epe_moving"], r["ratio_moving"], r["flow"]["epe_static"],
+                     r["ratio_static"], r["fraction_delta_negative"]["moving"],
+                     r["fraction_delta_negative"]["static"],
+                     (t.get("train_seconds") or 0) / 60.0,
+                     str(t.get("load_average_after"))])
+    return common.markdown_table(COLUMNS, rows)
+
+
+def run(cfg: Config, argv=None) -> Dict[str, object]:
+    meta = common.run_metadata(argv)
+    start = time.time()
+    data_dir = rs.ensure_dataset(rs.Config())
+    from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+    for setting in cfg.levers:
+        parse_setting(setting)           # fail before training anything
+    for setting in cfg.levers:
+        bcfg = bench_config(cfg, setting)
+        path = os.path.join(bcfg.model_root, "competence.json")
+        training = None if cfg.eval_only else train_setting(cfg, setting)
+        old = _load(path)
+        if training is None:
+            training = old.get("training")
+        d = rs.ensure_dataset(bcfg) if (bcfg.height, bcfg.width) != (64, 192) else data_dir
+        result = evaluate_setting(cfg, setting, synthetic.file_pattern(d, "test"))
+        result["training"] = training
+        result["command"] = meta.get("command")
+        common.write_json(path, result)
+        print(table([result]), flush=True)
+    # the summary over every finished setting under model_root
+    root = _root(cfg)
+    results = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        r = _load(os.path.join(root, name, "competence.json"))
+        if r:
+            results.append(r)
+    payload = {"benchmark": "flow_competence", "config": dataclasses.asdict(cfg),
+               "protocol": __doc__.split("\n\n")[2], "results": results,
+               "metadata": common.finish_metadata(meta, start)}
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    common.write_json(os.path.join(cfg.output_dir, "flow_competence.json"), payload)
+    md = table(results)
+    with open(os.path.join(cfg.output_dir, "flow_competence.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    return payload
+
+
+def parse_args(argv=None) -> Config:
+    d = Config()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", default=d.output_dir)
+    p.add_argument("--model_root", default=None)
+    p.add_argument("--levers", default=",".join(d.levers),
+                   help="comma-separated settings, each a '+'-joined list of tokens")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval_only", action="store_true")
+    p.add_argument("--progress", action="store_true")
+    a = p.parse_args(argv)
+    return Config(output_dir=a.output_dir, model_root=a.model_root,
+                  levers=tuple(s.strip() for s in a.levers.split(",") if s.strip()),
+                  seed=a.seed, eval_only=a.eval_only, progress=a.progress)
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    run(cfg, argv=[sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
