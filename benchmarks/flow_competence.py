@@ -74,6 +74,7 @@ class Config:
     levers: Sequence[str] = ("current",)
     seed: int = 0
     eval_only: bool = False
+    basin: bool = False
     progress: bool = False
 
 
@@ -178,6 +179,15 @@ def evaluate_setting(cfg: Config, setting: str, test_pattern: str) -> Dict[str, 
     for name, m in (("all", dom), ("static", dom & ~moving), ("moving", dom & moving)):
         neg[name] = float((arr["delta"][m] < 0).mean()) if m.any() else None
     px = 192.0 / bcfg.width   # EPE in pixels of the 64x192 frame, comparable across sizes
+    # can the net represent the motion: predicted vs GT magnitude, and where it gets close
+    mag = np.linalg.norm(arr["flow"], axis=-1)
+    gt_mag = np.linalg.norm(arr["gt_flow"], axis=-1)
+    epe = np.linalg.norm(arr["flow"].astype(np.float64) - arr["gt_flow"], axis=-1)
+    motion = {"pred_magnitude_moving": float(mag[moving].mean()),
+              "gt_magnitude_moving": float(gt_mag[moving].mean()),
+              "pred_magnitude_max": float(mag.max()),
+              "epe_moving_median": float(np.median(epe[moving])),
+              "fraction_moving_epe_below_3px": float((epe[moving] < 3.0).mean())}
     result = {
         "setting": setting,
         "resolution": [bcfg.height, bcfg.width],
@@ -188,6 +198,7 @@ def evaluate_setting(cfg: Config, setting: str, test_pattern: str) -> Dict[str, 
         "ratio_all": flow["epe_all"] / zero["epe_all"],
         "epe_moving_px192": flow["epe_moving"] * px,
         "fraction_delta_negative": neg,
+        "motion": motion,
         "moving_pixel_fraction": float(moving.mean()),
         "test_pairs": int(moving.shape[0] * moving.shape[1]),
     }
@@ -206,6 +217,49 @@ def evaluate_setting(cfg: Config, setting: str, test_pattern: str) -> Dict[str, 
             print(f"[flow_competence] tails quantiles unavailable: {e}")
     result["tails_share_per_pair"] = tails_share_spread(arr, frozen)
     return result
+
+
+BASIN_ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+BASIN_FACTORS = (1, 4)
+
+
+def photometric_basin(test_pattern: str, height: int, width: int) -> Dict[str, object]:
+    """Does the photometric error see the motion? Mean Φ(I_t, I_s(p + α F_gt)) on moving
+    and static pixels for α from 0 (zero flow) to 1 (GT flow), on the full-resolution
+    images (what the loss of every scale uses) and on images area-downsampled by 4 (what a
+    per-scale image pyramid would use). No network involved."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from coopnet_tf import geometry, specs  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.data import pipeline  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.losses import photometric  # pylint: disable=import-outside-toplevel
+    ds = pipeline.make_dataset(test_pattern, batch_size=8, height=height, width=width,
+                               training=False, with_ground_truth=True, deterministic=True)
+    sums = {(f, a, sub): [0.0, 0] for f in BASIN_FACTORS for a in BASIN_ALPHAS
+            for sub in ("moving", "static")}
+    for batch in ds:
+        frames = tf.cast(batch[specs.KEY_FRAMES], tf.float32)
+        target = frames[:, specs.TARGET_INDEX]
+        for k, i in enumerate(specs.SOURCE_INDICES):
+            flow = batch[specs.KEY_GT_FLOW][:, k]
+            moving = batch[specs.KEY_GT_MOVING][:, k] > 0.5
+            for f in BASIN_FACTORS:
+                t, src, fl, mv = target, frames[:, i], flow, moving
+                if f > 1:
+                    t = tf.nn.avg_pool2d(t, f, f, "VALID")
+                    src = tf.nn.avg_pool2d(src, f, f, "VALID")
+                    fl = tf.nn.avg_pool2d(fl, f, f, "VALID") / f
+                    mv = tf.nn.max_pool2d(tf.cast(mv, tf.float32), f, f, "VALID") > 0.5
+                for a in BASIN_ALPHAS:
+                    warped, _ = geometry.flow_warp(src, a * fl)
+                    phi = photometric.photometric_error(t, warped).numpy()
+                    m = mv.numpy()
+                    for sub, sel in (("moving", m), ("static", ~m)):
+                        sums[(f, a, sub)][0] += float(phi[sel].sum())
+                        sums[(f, a, sub)][1] += int(sel.sum())
+    return {f"1/{f}": {sub: {str(a): sums[(f, a, sub)][0] / max(sums[(f, a, sub)][1], 1)
+                             for a in BASIN_ALPHAS} for sub in ("moving", "static")}
+            for f in BASIN_FACTORS}
 
 
 def _load(path: str) -> Dict[str, object]:
@@ -239,8 +293,11 @@ def run(cfg: Config, argv=None) -> Dict[str, object]:
     data_dir = rs.ensure_dataset(rs.Config())
     from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
     for setting in cfg.levers:
-        parse_setting(setting)           # fail before training anything
+        if setting != "none":
+            parse_setting(setting)           # fail before training anything
     for setting in cfg.levers:
+        if setting == "none":
+            continue
         bcfg = bench_config(cfg, setting)
         path = os.path.join(bcfg.model_root, "competence.json")
         training = None if cfg.eval_only else train_setting(cfg, setting)
@@ -253,8 +310,12 @@ def run(cfg: Config, argv=None) -> Dict[str, object]:
         result["command"] = meta.get("command")
         common.write_json(path, result)
         print(table([result]), flush=True)
-    # the summary over every finished setting under model_root
     root = _root(cfg)
+    basin_path = os.path.join(root, "photometric_basin.json")
+    if cfg.basin:
+        common.write_json(basin_path, photometric_basin(synthetic.file_pattern(data_dir, "test"),
+                                                        64, 192))
+    # the summary over every finished setting under model_root
     results = []
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         r = _load(os.path.join(root, name, "competence.json"))
@@ -262,6 +323,7 @@ def run(cfg: Config, argv=None) -> Dict[str, object]:
             results.append(r)
     payload = {"benchmark": "flow_competence", "config": dataclasses.asdict(cfg),
                "protocol": __doc__.split("\n\n")[2], "results": results,
+               "photometric_basin": _load(basin_path) or None,
                "metadata": common.finish_metadata(meta, start)}
     os.makedirs(cfg.output_dir, exist_ok=True)
     common.write_json(os.path.join(cfg.output_dir, "flow_competence.json"), payload)
@@ -282,11 +344,14 @@ def parse_args(argv=None) -> Config:
                    help="comma-separated settings, each a '+'-joined list of tokens")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval_only", action="store_true")
+    p.add_argument("--basin", action="store_true",
+                   help="also measure Φ along zero flow -> GT flow (photometric_basin)")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     return Config(output_dir=a.output_dir, model_root=a.model_root,
                   levers=tuple(s.strip() for s in a.levers.split(",") if s.strip()),
-                  seed=a.seed, eval_only=a.eval_only, progress=a.progress)
+                  seed=a.seed, eval_only=a.eval_only, basin=a.basin,
+                  progress=a.progress)
 
 
 def main(argv=None):

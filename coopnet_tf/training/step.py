@@ -23,6 +23,11 @@ Per replica and step (REFERENCE.md 7.4):
            + λ_gc L_gc + λ_ep L_ep(pose; flow stop-gradient) + λ_var L_var;
    L_δ   = mean_s [L_photo_F(s) + λ_s/2^s · smooth(flow) + λ_fb L_fwd,bwd(s)]
            + λ_ep L_ep(flow; pose stop-gradient).
+   Flow-partner switches (docs/flow_partner.md; defaults = the above): the flow
+   smoothness in pixel units (`StepOptions.flow_smoothness_units`), its own weight
+   (`LossWeights.smooth_flow`), and a photometric term for F_{s→t}
+   (`StepOptions.backward_flow_photometric`: the target warped into each source's grid,
+   uniform weights on the source pixels visible in t, added to L_photo_F(s)).
    L_gc, L_ep, L_var are off during burn-in (REFERENCE defaults table #11).
 6. Two `GradientTape`s with `watch_accessed_variables=False` and explicit `watch`:
    L_θ,α → depth+pose variables (Adam #1), L_δ → flow variables (Adam #2).
