@@ -75,6 +75,7 @@ class Config:
     seed: int = 0
     eval_only: bool = False
     basin: bool = False
+    output_name: str = "flow_competence"
     progress: bool = False
 
 
@@ -151,20 +152,31 @@ def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
     return info
 
 
-def tails_share_spread(arr, frozen) -> Optional[Dict[str, float]]:
-    """Per (image, source) pair: the share of the non-occluded pixels in Eq. 11's Γ
-    (Δ outside the frozen [q_t, q_{1-t}] tails bounds); its spread over pairs is what makes
-    per-pair and batch-wide normalisation differ."""
-    if frozen is None or "tails" not in frozen:
-        return None
-    lo, hi = frozen["tails"]
+def tails_share_spread(arr, frozen, tail_probability=0.15) -> Dict[str, object]:
+    """What per-pair vs batch-wide normalisation of Eq. 11 changes on this Δ.
+
+    Per (image, source) pair b: the share |Γ_b|/|P_b| of the non-occluded pixels in Γ
+    (Δ outside the tails bounds [q_t, q_{1-t}]) and the ratio of the weight a Γ pixel
+    gets per pair, |P_b|/|Γ_b|, to the batch-wide one, |P|/|Γ| (1 everywhere: the two
+    normalisations agree). Bounds: the run's frozen P² quantiles when it has them, else
+    the exact quantiles of Δ on the test set (``bounds``)."""
     dom = arr["non_occ"]
+    if frozen is not None and "tails" in frozen:
+        lo, hi = frozen["tails"]
+        bounds = "frozen P2"
+    else:
+        lo, hi = np.quantile(arr["delta"][dom], [tail_probability, 1.0 - tail_probability])
+        bounds = "test-set quantiles"
     gamma = ((arr["delta"] < lo) | (arr["delta"] > hi)) & dom
     n_p = dom.sum(axis=(2, 3)).astype(np.float64)
-    share = gamma.sum(axis=(2, 3)) / np.maximum(n_p, 1)
-    share = share[n_p > 0]
-    return {"mean": float(share.mean()), "std": float(share.std()),
-            "p05": float(np.percentile(share, 5)), "p95": float(np.percentile(share, 95))}
+    n_g = gamma.sum(axis=(2, 3)).astype(np.float64)
+    ok = (n_p > 0) & (n_g > 0)
+    share = n_g[ok] / n_p[ok]
+    ratio = (n_p[ok] / n_g[ok]) / (n_p[ok].sum() / n_g[ok].sum())
+    q = lambda x: {"mean": float(x.mean()), "std": float(x.std()),  # noqa: E731
+                   "p05": float(np.percentile(x, 5)), "p95": float(np.percentile(x, 95))}
+    return {"bounds": bounds, "tails": [float(lo), float(hi)], "share": q(share),
+            "gamma_weight_pair_over_batch": q(ratio)}
 
 
 def evaluate_setting(cfg: Config, setting: str, test_pattern: str) -> Dict[str, object]:
@@ -188,8 +200,11 @@ def evaluate_setting(cfg: Config, setting: str, test_pattern: str) -> Dict[str, 
               "pred_magnitude_max": float(mag.max()),
               "epe_moving_median": float(np.median(epe[moving])),
               "fraction_moving_epe_below_3px": float((epe[moving] < 3.0).mean())}
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    ckpt = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     result = {
         "setting": setting,
+        "checkpoint_step": int(ckpt.rsplit("-", 1)[-1]) if ckpt else None,
         "resolution": [bcfg.height, bcfg.width],
         "flow": flow,
         "zero_flow": zero,
@@ -269,7 +284,7 @@ def _load(path: str) -> Dict[str, object]:
         return json.load(f)
 
 
-COLUMNS = ("setting", "steps", "EPE moving", "zero EPE moving", "ratio moving",
+COLUMNS = ("setting", "step", "EPE moving", "zero EPE moving", "ratio moving",
            "EPE static", "ratio static", "P(Δ<0) moving", "P(Δ<0) static", "train min",
            "load")
 
@@ -277,8 +292,8 @@ COLUMNS = ("setting", "steps", "EPE moving", "zero EPE moving", "ratio moving",
 def table(results: Sequence[Dict[str, object]]) -> str:
     rows = []
     for r in results:
-        t = r.get("training", {})
-        rows.append([r["setting"], t.get("steps"), r["flow"]["epe_moving"],
+        t = r.get("training") or {}
+        rows.append([r["setting"], r.get("checkpoint_step"), r["flow"]["epe_moving"],
                      r["zero_flow"]["epe_moving"], r["ratio_moving"], r["flow"]["epe_static"],
                      r["ratio_static"], r["fraction_delta_negative"]["moving"],
                      r["fraction_delta_negative"]["static"],
@@ -326,9 +341,9 @@ def run(cfg: Config, argv=None) -> Dict[str, object]:
                "photometric_basin": _load(basin_path) or None,
                "metadata": common.finish_metadata(meta, start)}
     os.makedirs(cfg.output_dir, exist_ok=True)
-    common.write_json(os.path.join(cfg.output_dir, "flow_competence.json"), payload)
+    common.write_json(os.path.join(cfg.output_dir, f"{cfg.output_name}.json"), payload)
     md = table(results)
-    with open(os.path.join(cfg.output_dir, "flow_competence.md"), "w") as f:
+    with open(os.path.join(cfg.output_dir, f"{cfg.output_name}.md"), "w") as f:
         f.write(md + "\n")
     print(md)
     return payload
@@ -346,12 +361,13 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--eval_only", action="store_true")
     p.add_argument("--basin", action="store_true",
                    help="also measure Φ along zero flow -> GT flow (photometric_basin)")
+    p.add_argument("--output_name", default=d.output_name)
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     return Config(output_dir=a.output_dir, model_root=a.model_root,
                   levers=tuple(s.strip() for s in a.levers.split(",") if s.strip()),
                   seed=a.seed, eval_only=a.eval_only, basin=a.basin,
-                  progress=a.progress)
+                  output_name=a.output_name, progress=a.progress)
 
 
 def main(argv=None):
