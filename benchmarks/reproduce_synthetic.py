@@ -5,7 +5,7 @@ r"""Reproduces CoopNet's central claim on the synthetic world, where the ground 
 
 Defaults: seed 0, 5 epochs x 90 steps at 64x192: a shared burn-in of 3 epochs, then 2
 epochs per method (lr 1e-4, then 1e-5); about 30 min on a 2-core CPU per seed. The
-committed results are ``--seeds=0,1`` (README "What we measured").
+committed results are ``--seeds=0,1`` (docs/benchmarks.md).
     python benchmarks/reproduce_synthetic.py --eval_only          # re-evaluate trained runs
 
 Trains ``baseline`` (Table 4 row 1), ``glnet_min`` (row 2), ``coopnet`` (V = V_η ∩ V_ζ)

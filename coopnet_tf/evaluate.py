@@ -15,7 +15,7 @@ SavedModels in the `--predict` / `--saved_model` modes and formats the results.
   motion    --pred_masks=masks.npz (--gt_masks=gt.npz | --gt_dir=training [--semantic_dir])
             -> iou_mean iou_static iou_moving
 
-See docs/readme/evaluate.md for the full commands from raw datasets.
+See docs/evaluation.md for the full commands from raw datasets.
 """
 import glob
 import json
@@ -33,6 +33,8 @@ from coopnet_tf.eval import flow as flow_eval
 from coopnet_tf.eval import kitti_flow_io
 from coopnet_tf.eval import motion as motion_eval
 from coopnet_tf.eval import odometry as odom_eval
+from coopnet_tf.images import load_image
+from coopnet_tf.run_layout import resolve_saved_model_dir
 
 SUBCOMMANDS = ("depth", "odometry", "flow", "motion")
 
@@ -196,17 +198,6 @@ def _require(*names):
 
 # --- SavedModel helpers ----------------------------------------------------------------------
 
-def resolve_saved_model_dir(path):
-    """A SavedModel dir, or an export dir whose highest numbered subdirectory is one."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [d for d in os.listdir(path) if d.isdigit()
-                and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
-    if not versions:
-        raise FileNotFoundError(f"no saved_model.pb in {path} or its numbered subdirectories")
-    return os.path.join(path, max(versions, key=int))
-
-
 def load_signature(path):
     """The `serving_default` signature of a SavedModel (keeps the model alive)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -228,21 +219,6 @@ def model_input_size(signature, input_name):
                             h, w, FLAGS.height, FLAGS.width)
         return int(h), int(w)
     return FLAGS.height, FLAGS.width
-
-
-def load_image(path, height=None, width=None, crop_bottom=0.0):
-    """Image file -> float32 [H, W, 3] in [0, 1], optional bottom crop and resize (Lanczos,
-    as Monodepth2's PIL ANTIALIAS)."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if crop_bottom:
-            w, h = im.size
-            im = im.crop((0, 0, w, int(round(h * (1.0 - crop_bottom)))))
-        size = im.size[::-1]
-        if height and width and (height, width) != size:
-            im = im.resize((width, height), Image.LANCZOS)
-        return np.asarray(im, np.float32) / 255.0, size
 
 
 def _batches(n, batch_size):

@@ -1,7 +1,7 @@
 r"""Exports trained networks as TF-Serving SavedModels.
 
     python -m coopnet_tf.export --model_dir=runs/synthetic --export_dir=exports/synthetic \
-        [--version=N] [--checkpoint=latest|best|PATH] [--height=H --width=W] \
+        [--version=N] [--overwrite] [--checkpoint=latest|best|PATH] [--height=H --width=W] \
         [--models=depth,pose,flow]
 
 writes ``<export_dir>/<name>/<version>/`` (the layout TF Serving's model server watches)
@@ -19,6 +19,19 @@ config the training loop wrote into ``model_dir``; the weights from the latest c
 (``--checkpoint=best`` for the best-by-validation one). The version defaults to the
 checkpoint's global step.
 
+Inputs are checked inside the signatures (so TF Serving checks them too), before any
+network op runs: every image must be ``[B, H, W, 3]`` with the exported H, W and B >= 1
+(the same B for both images of a pair), finite, in [0, 1] (``VALUE_RANGE_TOLERANCE`` of
+slack for resampling overshoot). A violation is an ``InvalidArgumentError`` whose text
+names the input, the expected shape or range and what was received. Other sizes are
+rejected, not resized: resize client-side (and scale flow back by the size ratios, and K
+by `coopnet_tf.geometry.camera.scale_intrinsics`) — see docs/reliability.md.
+
+An existing ``<name>/<version>`` is never replaced unless ``--overwrite`` is given (a
+server watching the folder would otherwise serve other weights under the same version);
+every SavedModel is written to ``<name>/.tmp-<version>-<pid>`` (not a number, so TF
+Serving ignores it) and renamed into place once complete.
+
 A residual flow network (``build_flow_net.residual = True``) needs depth, pose and the
 intrinsics to build its rigid input; its export adds an ``intrinsics [B, 3, 3]`` input.
 """
@@ -28,11 +41,87 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from coopnet_tf import specs
+from coopnet_tf import run_layout, specs
 
-OPERATIVE_CONFIG = "operative_config.gin"
-CHECKPOINT_SUBDIR = "checkpoints"
-BEST_SUBDIR = "best"
+
+# Images may exceed [0, 1] by this much (bicubic/Lanczos resampling overshoot); 0-255
+# images are far outside and rejected.
+VALUE_RANGE_TOLERANCE = 0.01
+
+
+# ------------------------------------------------------------- input validation ---
+
+def _shape_is(tensor: tf.Tensor, expected) -> tf.Tensor:
+    """True when ``tensor``'s RUNTIME shape equals ``expected`` (-1: any size >= 1).
+
+    Uses the shape vector padded with -1s, never the static rank: the signature's static
+    shape says rank 4 whatever the caller sends, so `tf.rank` or `tf.debugging.assert_rank`
+    would be folded to "true" at trace time.
+    """
+    rank = len(expected)
+    padded = tf.concat([tf.shape(tensor), -tf.ones([rank + 1], tf.int32)], 0)[:rank + 1]
+    dims = padded[:rank]
+    want = tf.constant(list(expected), tf.int32)
+    match = tf.logical_or(tf.equal(dims, want), tf.logical_and(want < 0, dims >= 1))
+    return tf.logical_and(tf.reduce_all(match), tf.equal(padded[rank], -1))
+
+
+def validate_inputs(images: Dict[str, tf.Tensor], height: int, width: int,
+                    intrinsics: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+    """The serving inputs, gated by runtime checks of shape, batch and value range.
+
+    Runs inside the signature (graph ops, so TF Serving enforces them as well). Checks,
+    in order: every image is ``[B, height, width, 3]`` with B >= 1; the images (and
+    ``intrinsics [B, 3, 3]``) share B; then every value is finite and in
+    [-tol, 1 + tol] (tol = ``VALUE_RANGE_TOLERANCE``); intrinsics are finite. A failure
+    raises ``InvalidArgumentError`` naming the input, what was expected and what came.
+
+    Returns:
+      the same tensors (identities that run only after the checks pass), with their
+      static shapes set; ``intrinsics`` under the key "intrinsics".
+    """
+    size = f"the exported size {height}x{width}"
+    checks = []
+    for name, image in images.items():
+        checks.append(tf.debugging.Assert(_shape_is(image, [-1, height, width, 3]), [
+            f"{name}: expected a float32 batch [B, {height}, {width}, 3] (B >= 1, {size}; "
+            f"resize other images to {height}x{width} before the call); got shape",
+            tf.shape(image)], summarize=8, name=f"check_{name}_shape"))
+    tensors = dict(images)
+    if intrinsics is not None:
+        checks.append(tf.debugging.Assert(_shape_is(intrinsics, [-1, 3, 3]), [
+            "intrinsics: expected [B, 3, 3]; got shape", tf.shape(intrinsics)],
+            summarize=8, name="check_intrinsics_shape"))
+        tensors["intrinsics"] = intrinsics
+    with tf.control_dependencies(checks):
+        batches = [tf.shape(t)[0] for t in tensors.values()]
+        same_batch = tf.reduce_all(tf.equal(tf.stack(batches), batches[0]))
+        names = ", ".join(tensors)
+        checks.append(tf.debugging.Assert(same_batch, [
+            f"{names}: expected the same batch size B; got", tf.stack(batches)],
+            summarize=8, name="check_batch"))
+    with tf.control_dependencies(checks):
+        for name, image in images.items():
+            low, high = tf.reduce_min(image), tf.reduce_max(image)
+            finite = tf.reduce_all(tf.math.is_finite(image))
+            in_range = tf.logical_and(low >= -VALUE_RANGE_TOLERANCE,
+                                      high <= 1.0 + VALUE_RANGE_TOLERANCE)
+            checks.append(tf.debugging.Assert(tf.logical_and(finite, in_range), [
+                f"{name}: expected finite RGB values in [0, 1] (8-bit images divided by "
+                "255); got min, max, all finite:", low, high, finite],
+                name=f"check_{name}_values"))
+        if intrinsics is not None:
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(intrinsics)),
+                ["intrinsics: expected finite values"], name="check_intrinsics_values"))
+    out = {}
+    with tf.control_dependencies(checks):
+        for name, tensor in tensors.items():
+            shape = [None, 3, 3] if name == "intrinsics" else [None, height, width, 3]
+            checked = tf.identity(tensor)
+            checked.set_shape(shape)
+            out[name] = checked
+    return out
 
 
 # ------------------------------------------------------------------ serving modules ---
@@ -45,11 +134,13 @@ class DepthServing(tf.Module):
         super().__init__(name="depth_serving")
         self.depth_net = depth_net
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.height, self.width = int(height), int(width)
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec([None, height, width, 3], tf.float32, name="image")])
 
     def _serve(self, image):
         from coopnet_tf.models import disp_to_depth  # pylint: disable=import-outside-toplevel
+        image = validate_inputs({"image": image}, self.height, self.width)["image"]
         sigmoid = self.depth_net(image, training=False)[0]
         disparity, depth = disp_to_depth(tf.cast(sigmoid, tf.float32), self.min_depth,
                                          self.max_depth)
@@ -63,6 +154,7 @@ class PoseServing(tf.Module):
         super().__init__(name="pose_serving")
         self.pose_net = pose_net
         self.rotation_mode = rotation_mode
+        self.height, self.width = int(height), int(width)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec.from_spec(spec, name="image_a"),
@@ -70,6 +162,9 @@ class PoseServing(tf.Module):
 
     def _serve(self, image_a, image_b):
         from coopnet_tf import geometry  # pylint: disable=import-outside-toplevel
+        checked = validate_inputs({"image_a": image_a, "image_b": image_b}, self.height,
+                                  self.width)
+        image_a, image_b = checked["image_a"], checked["image_b"]
         vec = tf.cast(self.pose_net(tf.concat([image_a, image_b], -1), training=False),
                       tf.float32)
         return {"pose_vector": vec,
@@ -84,6 +179,7 @@ class FlowServing(tf.Module):
         super().__init__(name="flow_serving")
         self.flow_net = flow_net
         self.residual = len(flow_net.inputs) > 1
+        self.height, self.width = int(height), int(width)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
         signature = [tf.TensorSpec.from_spec(spec, name="image_a"),
                      tf.TensorSpec.from_spec(spec, name="image_b")]
@@ -98,6 +194,9 @@ class FlowServing(tf.Module):
             self.serve = tf.function(self._serve, input_signature=signature)
 
     def _serve(self, image_a, image_b):
+        checked = validate_inputs({"image_a": image_a, "image_b": image_b}, self.height,
+                                  self.width)
+        image_a, image_b = checked["image_a"], checked["image_b"]
         flow = self.flow_net(tf.concat([image_a, image_b], -1), training=False)[0]
         return {"flow": tf.cast(flow, tf.float32)}
 
@@ -105,6 +204,10 @@ class FlowServing(tf.Module):
         from coopnet_tf import geometry  # pylint: disable=import-outside-toplevel
         from coopnet_tf.models import disp_to_depth  # pylint: disable=import-outside-toplevel
         from coopnet_tf.training import step as step_lib  # pylint: disable=import-outside-toplevel
+        checked = validate_inputs({"image_a": image_a, "image_b": image_b}, self.height,
+                                  self.width, intrinsics)
+        image_a, image_b = checked["image_a"], checked["image_b"]
+        intrinsics = checked["intrinsics"]
         _, depth = disp_to_depth(tf.cast(self.depth_net(image_a, training=False)[0], tf.float32))
         vec = self.pose_net(tf.concat([image_a, image_b], -1), training=False)
         transform = geometry.pose_vector_to_matrix(tf.cast(vec, tf.float32), self.rotation_mode)
@@ -113,16 +216,44 @@ class FlowServing(tf.Module):
         return {"flow": tf.cast(flow, tf.float32)}
 
 
-def save_serving_module(module: tf.Module, path: str) -> str:
-    """Saves ``module`` with its ``serve`` function as ``serving_default`` at ``path``."""
-    tf.io.gfile.makedirs(os.path.dirname(path.rstrip("/")) or ".")
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+def save_serving_module(module: tf.Module, path: str, overwrite: bool = False) -> str:
+    """Saves ``module`` with its ``serve`` function as ``serving_default`` at ``path``.
+
+    Written to a temporary sibling ``.tmp-<name>-<pid>`` (same parent, so the final rename
+    is atomic on a local disk) and renamed to ``path`` once complete: a killed export never
+    leaves a partial version for TF Serving to load.
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = path.rstrip("/")
+    parent, base = os.path.dirname(path) or ".", os.path.basename(path)
+    if tf.io.gfile.exists(path) and not overwrite:
+        raise FileExistsError(_exists_message(path))
+    tf.io.gfile.makedirs(parent)
+    tmp = os.path.join(parent, f".tmp-{base}-{os.getpid()}")
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    if tf.io.gfile.exists(path):   # overwrite: move the old version aside, then delete it
+        old = os.path.join(parent, f".old-{base}-{os.getpid()}")
+        tf.io.gfile.rename(path, old)
+        tf.io.gfile.rename(tmp, path)
+        tf.io.gfile.rmtree(old)
+    else:
+        tf.io.gfile.rename(tmp, path)
     return path
+
+
+def _exists_message(path: str) -> str:
+    return (f"{path} already exists: a served version must not change its weights. Export "
+            "under another --version (e.g. the next free one), or pass --overwrite to "
+            "replace it.")
 
 
 def export_models(export_dir: str, version: int, height: int, width: int, depth_net=None,
                   pose_net=None, flow_net=None, names: Sequence[str] = ("depth", "pose", "flow"),
-                  rotation_mode: str = "axis_angle") -> Dict[str, str]:
+                  rotation_mode: str = "axis_angle", overwrite: bool = False) -> Dict[str, str]:
     """Writes the requested SavedModels; returns name -> path.
 
     Args:
@@ -132,19 +263,31 @@ def export_models(export_dir: str, version: int, height: int, width: int, depth_
       depth_net, pose_net, flow_net: Keras models (restored).
       names: subset of ``specs.EXPORT_DEPTH/POSE/FLOW``.
       rotation_mode: pose parametrisation used in training.
+      overwrite: replace existing version directories (default: refuse).
+
+    Raises:
+      FileExistsError: a requested ``<name>/<version>`` exists and ``overwrite`` is False
+        (checked for every name before anything is written).
+      ValueError: unknown name, or version < 1.
     """
-    paths = {}
-    for name in names:
-        path = os.path.join(export_dir, name, str(int(version)))
+    if int(version) < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving), got {version}")
+    unknown = [n for n in names if n not in (specs.EXPORT_DEPTH, specs.EXPORT_POSE,
+                                             specs.EXPORT_FLOW)]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; expected depth, pose or flow")
+    paths = {name: os.path.join(export_dir, name, str(int(version))) for name in names}
+    existing = [p for p in paths.values() if tf.io.gfile.exists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(_exists_message(", ".join(existing)))
+    for name, path in paths.items():
         if name == specs.EXPORT_DEPTH:
             module = DepthServing(depth_net, height, width)
         elif name == specs.EXPORT_POSE:
             module = PoseServing(pose_net, height, width, rotation_mode)
-        elif name == specs.EXPORT_FLOW:
-            module = FlowServing(flow_net, height, width, depth_net, pose_net, rotation_mode)
         else:
-            raise ValueError(f"unknown model {name!r}; expected depth, pose or flow")
-        paths[name] = save_serving_module(module, path)
+            module = FlowServing(flow_net, height, width, depth_net, pose_net, rotation_mode)
+        save_serving_module(module, path, overwrite)
     return paths
 
 
@@ -154,7 +297,7 @@ def find_checkpoint(model_dir: str, which: str = "latest") -> str:
     """Checkpoint path in a training ``model_dir``: ``latest``, ``best`` or an explicit path."""
     if which not in ("latest", "best"):
         return which
-    sub = CHECKPOINT_SUBDIR if which == "latest" else BEST_SUBDIR
+    sub = run_layout.checkpoint_subdir(which)
     path = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
     if path is None:
         raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(model_dir, sub)}")
@@ -165,10 +308,10 @@ def load_run_config(model_dir: str, extra_bindings: Sequence[str] = ()) -> None:
     """Parses ``<model_dir>/operative_config.gin`` (architecture + resolution of the run)."""
     import gin  # pylint: disable=import-outside-toplevel
 
-    from coopnet_tf import configurables  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from coopnet_tf.training import factories  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from coopnet_tf.training import loop  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
-    path = os.path.join(model_dir, OPERATIVE_CONFIG)
+    path = os.path.join(model_dir, run_layout.OPERATIVE_CONFIG)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
             f"{path} not found: model_dir must be a directory written by coopnet_tf.train")
@@ -225,22 +368,27 @@ def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optiona
 def export_from_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,
                           checkpoint: str = "latest", height: Optional[int] = None,
                           width: Optional[int] = None,
-                          names: Sequence[str] = ("depth", "pose", "flow")) -> Dict[str, str]:
+                          names: Sequence[str] = ("depth", "pose", "flow"),
+                          overwrite: bool = False) -> Dict[str, str]:
     """Restores a training run and exports its networks (see module docstring)."""
     depth_net, pose_net, flow_net, info = restore_networks(model_dir, checkpoint, height, width)
     if version is None:
         version = max(info["step"], 1)
     return export_models(export_dir, version, info["height"], info["width"], depth_net,
-                         pose_net, flow_net, names, info["rotation_mode"])
+                         pose_net, flow_net, names, info["rotation_mode"], overwrite)
 
 
 def main(argv):
-    from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+    from absl import flags, logging  # pylint: disable=import-outside-toplevel
     del argv
     flags_ = flags.FLAGS
-    paths = export_from_model_dir(
-        flags_.model_dir, flags_.export_dir, flags_.version, flags_.checkpoint,
-        flags_.height, flags_.width, [n.strip() for n in flags_.models.split(",") if n.strip()])
+    try:
+        paths = export_from_model_dir(
+            flags_.model_dir, flags_.export_dir, flags_.version, flags_.checkpoint,
+            flags_.height, flags_.width,
+            [n.strip() for n in flags_.models.split(",") if n.strip()], flags_.overwrite)
+    except FileExistsError as err:
+        raise SystemExit(f"export: {err}") from None
     for name, path in paths.items():
         logging.info("exported %s -> %s", name, path)
         print(f"{name}: {pathlib.Path(path)}")
@@ -251,6 +399,8 @@ def _define_flags():
     flags.DEFINE_string("model_dir", None, "training directory (checkpoints + operative config)")
     flags.DEFINE_string("export_dir", None, "root of the SavedModels: <export_dir>/<name>/<version>")
     flags.DEFINE_integer("version", None, "version directory (default: the checkpoint's step)")
+    flags.DEFINE_bool("overwrite", False, "replace an existing <export_dir>/<name>/<version> "
+                      "(default: refuse, so a served version never changes its weights)")
     flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a checkpoint path")
     flags.DEFINE_integer("height", None, "serving input height (default: training height)")
     flags.DEFINE_integer("width", None, "serving input width (default: training width)")

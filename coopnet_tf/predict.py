@@ -16,37 +16,18 @@ single depth SavedModel directory.
 """
 import os
 import pathlib
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from coopnet_tf import specs, visualize
-
-
-def load_image(path: str, height: int, width: int) -> np.ndarray:
-    """Reads an image file as float32 ``[height, width, 3]`` in [0, 1] (bilinear resize)."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.BILINEAR)
-        return np.asarray(img, np.float32) / 255.0
+from coopnet_tf import run_layout, specs, visualize
+from coopnet_tf.images import load_image
 
 
 def save_png(path: str, rgb: np.ndarray) -> None:
     """Writes float RGB in [0, 1] as an 8-bit PNG."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
     Image.fromarray(visualize.to_uint8(rgb)).save(path)
-
-
-def _latest_version(root: str) -> Optional[str]:
-    if not os.path.isdir(root):
-        return None
-    if os.path.exists(os.path.join(root, "saved_model.pb")):
-        return root
-    versions = [d for d in os.listdir(root) if d.isdigit()
-                and os.path.exists(os.path.join(root, d, "saved_model.pb"))]
-    return os.path.join(root, max(versions, key=int)) if versions else None
 
 
 class Predictor:
@@ -60,15 +41,15 @@ class Predictor:
     @classmethod
     def from_saved_model(cls, saved_model_dir: str) -> "Predictor":
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        depth_dir = (_latest_version(os.path.join(saved_model_dir, specs.EXPORT_DEPTH))
-                     or _latest_version(saved_model_dir))
+        depth_dir = (run_layout.find_saved_model(os.path.join(saved_model_dir, specs.EXPORT_DEPTH))
+                     or run_layout.find_saved_model(saved_model_dir))
         if depth_dir is None:
             raise FileNotFoundError(f"no depth SavedModel under {saved_model_dir}")
         depth_sig = tf.saved_model.load(depth_dir).signatures["serving_default"]
         shape = depth_sig.structured_input_signature[1]["image"].shape
         height, width = int(shape[1]), int(shape[2])
         flow_fn = None
-        flow_dir = _latest_version(os.path.join(saved_model_dir, specs.EXPORT_FLOW))
+        flow_dir = run_layout.find_saved_model(os.path.join(saved_model_dir, specs.EXPORT_FLOW))
         if flow_dir is not None:
             flow_sig = tf.saved_model.load(flow_dir).signatures["serving_default"]
             if "intrinsics" not in flow_sig.structured_input_signature[1]:
@@ -93,7 +74,8 @@ def predict_files(predictor: Predictor, images: Sequence[str], output_dir: str) 
     """Writes the depth (and flow) PNGs of ``images`` into ``output_dir``; returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
     written = []
-    arrays = [load_image(p, predictor.height, predictor.width) for p in images]
+    arrays = [load_image(p, predictor.height, predictor.width, resample="bilinear")[0]
+              for p in images]
     for path, arr in zip(images, arrays):
         depth = predictor.depth_fn(arr[np.newaxis])[0]
         stem = pathlib.Path(path).stem

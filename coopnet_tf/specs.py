@@ -1,7 +1,7 @@
 """Shared names: record feature keys, batch keys, frame layout, export signatures.
 
 Every module that reads or writes a snippet, a batch or a SavedModel uses these
-constants, so the schema is defined once. See README "Record schema".
+constants, so the schema is defined once (`data/records.py` writes and reads it).
 """
 
 # --- Snippet layout -----------------------------------------------------------

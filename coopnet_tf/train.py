@@ -13,6 +13,10 @@ setting is a gin binding, e.g.::
 
 The operative gin config is written to ``<model_dir>/operative_config.gin`` after the
 first training step (gin.tf cannot be imported on TF 2.21, so the loop writes it itself).
+
+The terminal shows the progress bar (one plain line per epoch and at most one a minute
+when stderr is not a terminal), one ``[eval]`` line per validation and warnings;
+``--verbosity=0`` adds absl's INFO log.
 """
 import logging as std_logging
 import os
@@ -43,7 +47,7 @@ def parse_gin(gin_files, gin_bindings) -> None:
     """
     import gin  # pylint: disable=import-outside-toplevel
 
-    from coopnet_tf import configurables  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    from coopnet_tf.training import factories  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     from coopnet_tf.training import loop  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
     if GIN_DIR.is_dir() and str(GIN_DIR) not in _gin_search_paths():
@@ -69,6 +73,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not FLAGS["verbosity"].present:
+        # Quiet by default: the progress bar, the [eval] lines and warnings;
+        # --verbosity=0 brings back the INFO log (ours and TensorFlow's saver).
+        logging.set_verbosity(logging.WARNING)
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings + FLAGS.gin_param)
     from coopnet_tf.training import loop  # pylint: disable=import-outside-toplevel
 

@@ -229,7 +229,7 @@ def test_interrupted_conversion_resumes_to_the_same_shards(kitti_copy, tmp_path)
     with pytest.raises(convert.ConversionError, match="other options"):
         convert.write_sharded(items, other, str(out), num_shards=4, config={"resize": "32x104"},
                               show_progress=False)
-    assert convert.count_records(str(out / "train-00003-of-00004.tfrecord")) == 2
+    assert records.count_file_records(str(out / "train-00003-of-00004.tfrecord")) == 2
 
 
 def test_static_filter_drops_repeated_frames(kitti_copy, tmp_path):
@@ -478,4 +478,4 @@ def test_parse_size_and_shard_names():
     assert convert.parse_size("") is None
     with pytest.raises(ValueError):
         convert.parse_size("416")
-    assert convert.shard_path("/d", "train", 3, 16) == os.path.join("/d", "train-00003-of-00016.tfrecord")
+    assert records.shard_path("/d", "train", 3, 16) == os.path.join("/d", "train-00003-of-00016.tfrecord")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from coopnet_tf import export, geometry, models, predict, specs
+from coopnet_tf import export, geometry, models, predict, run_layout, specs
 
 SIZE = 64
 ARCH_BINDINGS = [
@@ -28,7 +28,7 @@ ARCH_BINDINGS = [
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A minimal training directory: operative config + one checkpoint of random nets."""
-    from coopnet_tf import configurables  # noqa: F401  (registers the configurables)
+    from coopnet_tf.training import factories  # noqa: F401  (registers the configurables)
     model_dir = tmp_path_factory.mktemp("run")
     gin.clear_config()
     gin.parse_config(ARCH_BINDINGS)
@@ -40,12 +40,12 @@ def run_dir(tmp_path_factory):
     for net in nets:
         for v in net.non_trainable_variables:
             v.assign(np.random.uniform(0.5, 1.5, v.shape).astype(np.float32))
-    with open(os.path.join(model_dir, export.OPERATIVE_CONFIG), "w") as f:
+    with open(os.path.join(model_dir, run_layout.OPERATIVE_CONFIG), "w") as f:
         f.write(gin.operative_config_str())
     step = tf.Variable(7, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(depth_net=nets[0], pose_net=nets[1], flow_net=nets[2],
                                global_step=step)
-    tf.train.CheckpointManager(ckpt, os.path.join(model_dir, export.CHECKPOINT_SUBDIR),
+    tf.train.CheckpointManager(ckpt, os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR),
                                max_to_keep=1).save(checkpoint_number=7)
     gin.clear_config()
     return str(model_dir), nets
@@ -139,7 +139,7 @@ def test_restore_resolves_gin_macros_of_the_run(run_dir, tmp_path):
     model_dir, nets = run_dir
     copy = str(tmp_path / "run")
     shutil.copytree(model_dir, copy)
-    with open(os.path.join(copy, export.OPERATIVE_CONFIG), "a") as f:
+    with open(os.path.join(copy, run_layout.OPERATIVE_CONFIG), "a") as f:
         f.write(f"\nHEIGHT = {SIZE}\nWIDTH = {SIZE}\n"
                 "train_and_evaluate.height = %HEIGHT\ntrain_and_evaluate.width = %WIDTH\n")
     depth_net, _, _, info = export.restore_networks(copy)

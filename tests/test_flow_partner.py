@@ -194,7 +194,7 @@ def test_switch_values_are_checked():
 
 
 def test_defaults_are_the_previous_behaviour():
-    from coopnet_tf import configurables
+    from coopnet_tf.training import factories as configurables
     assert StepOptions().flow_smoothness_units == "normalised"
     assert not StepOptions().backward_flow_photometric
     assert configurables.loss_weights().flow_smooth == configurables.loss_weights().smooth

@@ -48,7 +48,7 @@ def tiny_models():
     return {name: fn(height=TINY[0], width=TINY[1], **kw) for name, (fn, kw) in BUILDERS.items()}
 
 
-# --- Parameter counts (REFERENCE 11.6) -----------------------------------------
+# --- Parameter counts (docs/decisions.md C9) -----------------------------------------
 
 
 def test_parameter_counts_match_reference(tiny_models):

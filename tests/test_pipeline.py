@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from coopnet_tf import specs
-from coopnet_tf.data import augment, pipeline, synthetic
+from coopnet_tf.data import augment, pipeline, records, synthetic
 
 H, W = 32, 96
 CONFIG = dict(height=H, width=W, num_sequences=2, num_val_sequences=1, num_test_sequences=0,
@@ -245,8 +245,8 @@ def test_corrupt_files_are_named(tmp_path, train_pattern):
     with pytest.raises(tf.errors.OpError):
         list(ds)
     with pytest.raises(ValueError, match="damaged.tfrecord: record"):
-        pipeline.check_records(str(damaged))
-    assert sum(pipeline.check_records(train_pattern).values()) == NUM_TRAIN
+        records.check_records(str(damaged))
+    assert sum(records.check_records(train_pattern).values()) == NUM_TRAIN
 
 
 def test_distribute_datasets_from_function_shards_per_worker(train_pattern):

@@ -9,14 +9,14 @@ import tensorflow as tf
 
 from coopnet_tf.losses import quantile as q_lib
 from coopnet_tf.losses.quantile import P2Quantiles
-from coopnet_tf.quantiles import p2_quantiles
+from coopnet_tf.losses.quantile import p2_quantiles
 
 PROBS = [0.15, 0.25, 0.35, 0.5, 0.65, 0.75, 0.85]
 SAMPLE = 256  # one sample size (and the default 8 estimators) -> few XLA compilations
 
 
 def p2_reference(xs, p):
-    """Textbook P² (Jain & Chlamtac 1985; REFERENCE.md 8) in pure Python, one probability."""
+    """Textbook P² (Jain & Chlamtac 1985; docs/decisions.md C8) in pure Python, one probability."""
     buf, q, n, nd = [], None, None, None
     dn = [0.0, p / 2, p, (1 + p) / 2, 1.0]
     for x in xs:

@@ -18,7 +18,9 @@ import tensorflow as tf
 
 import conftest
 
+from coopnet_tf import run_layout
 from coopnet_tf import train as train_main
+from coopnet_tf.data import records
 from coopnet_tf.training import loop
 
 SIZE = 64
@@ -60,7 +62,7 @@ def configure(data_dir, *extra):
 
 def _checkpoint_tensors(model_dir):
     """name -> value of every variable in the latest checkpoint of a run."""
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, loop.CHECKPOINT_SUBDIR))
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR))
     reader = tf.train.load_checkpoint(path)
     return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
             if name.endswith("VARIABLE_VALUE")}
@@ -80,30 +82,30 @@ def test_loop_runs_and_learns(tiny_dataset, tmp_path, distribution):
              "train_and_evaluate.keep_checkpoints = 5"]
     if mirrored:   # training only (validation and images are covered by the default run)
         extra += ["train_and_evaluate.data_dir = None",
-                  f"train_and_evaluate.train_files = '{loop.file_pattern(tiny_dataset, 'train')}'",
+                  f"train_and_evaluate.train_files = '{records.file_pattern(tiny_dataset, 'train')}'",
                   "train_and_evaluate.image_every_steps = 0"]
     else:
         extra += ["train_and_evaluate.image_every_steps = 4"]
     configure(tiny_dataset, *extra)
     result = loop.train_and_evaluate(model_dir=model_dir)
     assert result["step"] == 4 and result["nonfinite_steps"] == 0
-    assert os.path.exists(os.path.join(model_dir, loop.OPERATIVE_CONFIG))
-    config = open(os.path.join(model_dir, loop.OPERATIVE_CONFIG)).read()
+    assert os.path.exists(os.path.join(model_dir, run_layout.OPERATIVE_CONFIG))
+    config = open(os.path.join(model_dir, run_layout.OPERATIVE_CONFIG)).read()
     assert f"train_and_evaluate.distribution = '{distribution}'" in config
     assert "loss_weights.lambda_gc" in config and "build_depth_net.num_layers" in config
-    assert tf.train.latest_checkpoint(os.path.join(model_dir, loop.CHECKPOINT_SUBDIR))
-    assert glob.glob(os.path.join(model_dir, loop.SUMMARY_SUBDIR, "events.out.tfevents.*"))
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR))
+    assert glob.glob(os.path.join(model_dir, run_layout.SUMMARY_SUBDIR, "events.out.tfevents.*"))
     if not mirrored:
         assert np.isfinite(result["abs_rel"]) and result["abs_rel"] > 0
         assert f"{result['abs_rel']:.3f} (4)" in loop.validation_history(model_dir)
-        assert tf.train.latest_checkpoint(os.path.join(model_dir, loop.BEST_SUBDIR))
+        assert tf.train.latest_checkpoint(os.path.join(model_dir, run_layout.BEST_SUBDIR))
     # the scalars of the losses were written and are finite.
-    scalars = _read_scalars(os.path.join(model_dir, loop.SUMMARY_SUBDIR))
+    scalars = _read_scalars(os.path.join(model_dir, run_layout.SUMMARY_SUBDIR))
     for tag in ("losses/total_theta_alpha", "losses/total_delta", "apportion/fraction_V",
                 "train/learning_rate_depth_pose", "train/nonfinite_steps"):
         assert tag in scalars and all(np.isfinite(v) for v in scalars[tag]), tag
     # weights change from step to step (checkpoints of steps 2 and 4).
-    manager_dir = os.path.join(model_dir, loop.CHECKPOINT_SUBDIR)
+    manager_dir = os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR)
     first, last = (tf.train.load_checkpoint(os.path.join(manager_dir, f"ckpt-{i}"))
                    for i in (2, 4))
     names = [n for n, _ in tf.train.list_variables(os.path.join(manager_dir, "ckpt-4"))
@@ -132,7 +134,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_dataset, tmp_path):
               "train_and_evaluate.steps_per_epoch = 1",
               "train_and_evaluate.burn_in_epochs = 1",
               "train_and_evaluate.data_dir = None",
-              f"train_and_evaluate.train_files = '{loop.file_pattern(tiny_dataset, 'train')}'",
+              f"train_and_evaluate.train_files = '{records.file_pattern(tiny_dataset, 'train')}'",
               "train_and_evaluate.checkpoint_every_steps = 1",
               "train_and_evaluate.run_eagerly = True",
               "train_and_evaluate.image_every_steps = 0",

@@ -81,7 +81,10 @@ def resize_snippet(snippet: Snippet, height: int, width: int) -> Snippet:
     return out
 
 
-_FLIP = tf.constant([-1.0, 1.0, 1.0, 1.0])
+# F = diag(-1, 1, 1, 1) of `flip_snippet`. A Python tuple, not a tensor: a module-level
+# tensor would initialise TensorFlow's context on import (before a multi-worker strategy
+# or a logical-device split can be configured).
+_FLIP_DIAG = (-1.0, 1.0, 1.0, 1.0)
 
 
 def flip_snippet(snippet: Snippet) -> Snippet:
@@ -110,7 +113,7 @@ def flip_snippet(snippet: Snippet) -> Snippet:
     if specs.KEY_GT_FLOW in snippet:
         out[specs.KEY_GT_FLOW] = tf.reverse(snippet[specs.KEY_GT_FLOW], axis=[2]) * [-1.0, 1.0]
     if specs.KEY_GT_POSE in snippet:
-        flip = tf.linalg.diag(_FLIP)
+        flip = tf.linalg.diag(tf.constant(_FLIP_DIAG, snippet[specs.KEY_GT_POSE].dtype))
         out[specs.KEY_GT_POSE] = tf.matmul(tf.matmul(flip, snippet[specs.KEY_GT_POSE]), flip)
     return out
 

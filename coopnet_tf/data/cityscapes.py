@@ -13,7 +13,7 @@ exists for one frame of each 30-frame sequence (the annotated one); every frame 
 sequence uses it (as SfMLearner's Cityscapes loader does): the converter takes the json of
 the target frame when it exists, else the first json of the same <city>_<seq>.
 
-Hood crop (Li et al. 2020 / SfMLearner / ManyDepth, REFERENCE 1.1 and 9.2): the bottom
+Hood crop (Li et al. 2020 / SfMLearner / ManyDepth, docs/decisions.md C1, E2): the bottom
 25 % of the 2048x1024 image shows the ego car; rows [0, int(0.75 * H)) = 768 are kept.
 The crop removes rows at the bottom only, so K (fx, fy, cx = u0, cy = v0) is unchanged by
 it; a resize to the stored size then scales fx, cx by W'/2048 and fy, cy by H'/768.

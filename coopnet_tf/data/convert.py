@@ -39,7 +39,6 @@ import logging
 import math
 import multiprocessing
 import os
-import struct
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -47,8 +46,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MANIFEST_SUFFIX = ".manifest.json"
-SHARD_SUFFIX = ".tfrecord"
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".tmp"  # the manifest's temporary (shards: records.atomic_writers)
 
 _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -80,7 +78,7 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
 
 
 def scale_intrinsics(k: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """K of an image resized by (sx, sy): fx, cx times sx; fy, cy times sy (REFERENCE 1.1).
+    """K of an image resized by (sx, sy): fx, cx times sx; fy, cy times sy (docs/decisions.md C1).
 
     The half-pixel term is ignored, as in Monodepth2 / SfMLearner / SC-SfM.
     """
@@ -250,32 +248,8 @@ def encode_snippet(source: SnippetSource, options: ImageOptions) -> Optional[byt
 # --------------------------------------------------------------------------- shards
 
 
-def shard_path(output_dir: str, prefix: str, index: int, num_shards: int) -> str:
-    """<output_dir>/<prefix>-00003-of-00016.tfrecord."""
-    return os.path.join(output_dir, f"{prefix}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
-
-
 def default_num_shards(num_items: int, examples_per_shard: int) -> int:
     return max(1, math.ceil(num_items / max(1, examples_per_shard)))
-
-
-def count_records(path: str) -> int:
-    """Number of records in a TFRecord file, from its framing (no TensorFlow, no CRC check)."""
-    count = 0
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        position = 0
-        while position < size:
-            header = f.read(8)
-            if len(header) < 8:
-                raise ConversionError(f"truncated TFRecord file {path}")
-            (length,) = struct.unpack("<Q", header)
-            position += 8 + 4 + length + 4
-            f.seek(position)
-            count += 1
-    if position != size:
-        raise ConversionError(f"truncated TFRecord file {path}")
-    return count
 
 
 def write_shard(path: str, items: Sequence, encode_fn: Callable,
@@ -284,27 +258,28 @@ def write_shard(path: str, items: Sequence, encode_fn: Callable,
 
     On any exception the .tmp file is removed and nothing appears under `path`.
     """
-    import tensorflow as tf  # lazy
+    from coopnet_tf.data import records  # pylint: disable=import-outside-toplevel  (TensorFlow)
 
-    tmp = path + TMP_SUFFIX
     written = filtered = 0
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for item in items:
-                record = encode_fn(item)
-                if record is None:
-                    filtered += 1
-                else:
-                    writer.write(record)
-                    written += 1
-                if progress is not None:
-                    progress(1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with records.atomic_writers([path]) as (writer,):
+        for item in items:
+            record = encode_fn(item)
+            if record is None:
+                filtered += 1
+            else:
+                writer.write(record)
+                written += 1
+            if progress is not None:
+                progress(1)
     return written, filtered
+
+
+def _count_records(path: str) -> int:
+    from coopnet_tf.data import records  # pylint: disable=import-outside-toplevel  (TensorFlow)
+    try:
+        return records.count_file_records(path)
+    except ValueError as err:
+        raise ConversionError(str(err)) from err
 
 
 def _worker_init():
@@ -331,6 +306,7 @@ class Summary:
 
 def _check_manifest(manifest_path: str, config: Dict, num_shards: int, num_items: int,
                     overwrite: bool, output_dir: str, prefix: str) -> None:
+    from coopnet_tf.data.records import SHARD_SUFFIX  # pylint: disable=import-outside-toplevel
     if overwrite:
         pattern = glob.escape(prefix) + "-*-of-*" + SHARD_SUFFIX + "*"
         for old in glob.glob(os.path.join(glob.escape(output_dir), pattern)):
@@ -404,14 +380,16 @@ def write_sharded(items: Sequence, encode_fn: Callable, output_dir: str, prefix:
     _check_manifest(manifest_path, config, num_shards, len(items), overwrite, output_dir, prefix)
     _write_manifest(manifest_path, {"config": config, "num_shards": num_shards,
                                     "num_items": len(items), "complete": False})
-    for stale in glob.glob(os.path.join(glob.escape(output_dir), glob.escape(prefix) + "-*" + TMP_SUFFIX)):
-        os.remove(stale)  # a crash (kill -9) can leave one; its shard is rewritten below
+    from coopnet_tf.data import records  # pylint: disable=import-outside-toplevel  (TensorFlow)
 
-    paths = [shard_path(output_dir, prefix, s, num_shards) for s in range(num_shards)]
+    for stale in glob.glob(os.path.join(glob.escape(output_dir),
+                                        glob.escape(prefix) + "-*" + records.TMP_SUFFIX)):
+        os.remove(stale)  # a crash (kill -9) can leave one; its shard is rewritten below
+    paths = [records.shard_path(output_dir, prefix, s, num_shards) for s in range(num_shards)]
     shard_items = [items[s::num_shards] for s in range(num_shards)]
     todo = [s for s in range(num_shards) if not os.path.exists(paths[s])]
     skipped = num_shards - len(todo)
-    counts: Dict[int, int] = {s: count_records(paths[s]) for s in range(num_shards) if s not in todo}
+    counts: Dict[int, int] = {s: _count_records(paths[s]) for s in range(num_shards) if s not in todo}
     if skipped:
         logging.info("resuming: %d of %d shards already complete", skipped, num_shards)
     written = filtered = 0
@@ -471,7 +449,7 @@ def summary_config(**kwargs) -> Dict:
 
 __all__: List[str] = [
     "ConversionError", "ImageOptions", "SnippetSource", "Summary", "check_files_exist",
-    "count_records", "crop_intrinsics", "default_num_shards", "encode_image", "encode_snippet",
-    "encoder", "load_rgb", "parse_size", "scale_intrinsics", "shard_path", "stored_intrinsics",
+    "crop_intrinsics", "default_num_shards", "encode_image", "encode_snippet",
+    "encoder", "load_rgb", "parse_size", "scale_intrinsics", "stored_intrinsics",
     "summary_config", "write_shard", "write_sharded",
 ]

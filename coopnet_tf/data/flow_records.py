@@ -1,6 +1,6 @@
 """TFRecord schema of a KITTI 2015 optical-flow evaluation pair, and its converter pieces.
 
-One `tf.train.Example` per pair `<id>_10.png -> <id>_11.png` (REFERENCE 9.4):
+One `tf.train.Example` per pair `<id>_10.png -> <id>_11.png` (docs/decisions.md E4):
 
 | feature | type | content |
 |---|---|---|

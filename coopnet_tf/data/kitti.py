@@ -12,7 +12,7 @@ Layouts (as downloaded from cvlibs.net and unzipped):
 * KITTI odometry: ROOT/sequences/<XX>/image_2/<000000>.png, ROOT/sequences/<XX>/calib.txt
   (P0..P3, Tr), optional ROOT/poses/<XX>.txt (cam0-to-world 3x4 per frame, 00-10 only).
 
-Depth maps follow Monodepth2's `kitti_utils.generate_depth_map` exactly (REFERENCE 9.1):
+Depth maps follow Monodepth2's `kitti_utils.generate_depth_map` exactly (docs/decisions.md E1):
 P_velo->img = P_rect_0c . R_rect_00 . [R|T]_velo->cam, keep velodyne x >= 0, divide by
 the third coordinate, depth = velodyne x (forward distance, `vel_depth=True`), pixel =
 round(coord) - 1, keep inside the S_rect_02 image, nearest depth wins on duplicates.

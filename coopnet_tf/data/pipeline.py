@@ -16,117 +16,21 @@ file that is not a TFRecord file (bad first header) raises ValueError naming it 
 dataset is built; a record whose frames are not PNG/JPEG, or that lacks ground truth when
 it is requested, fails iteration with an InvalidArgumentError naming the file. A record damaged further inside a file stops iteration with
 tf.errors.DataLossError ("corrupted record at <offset>" / "truncated record"), which
-tf.data reports without the file name: `check_records(pattern)` reads every file and
+tf.data reports without the file name: `records.check_records(pattern)` reads every file and
 names the damaged one (and the record index).
 """
-import os
-import struct
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional
 
 import gin
 import tensorflow as tf
 
 from coopnet_tf import specs
 from coopnet_tf.data import augment, records
+# The record-file contract lives in records.py; these names stay importable from here.
+from coopnet_tf.data.records import (  # noqa: F401
+    Patterns, check_file_header, check_records, list_files)
 
 AUTOTUNE = tf.data.AUTOTUNE
-Patterns = Union[str, Sequence[str]]
-
-
-# ----------------------------------------------------------------------------------
-# Files
-# ----------------------------------------------------------------------------------
-
-def list_files(file_pattern: Patterns) -> List[str]:
-    """Sorted files matching a glob, a comma-separated list of globs, or a list of globs.
-
-    Raises:
-      FileNotFoundError: naming the pattern(s) when nothing matches.
-    """
-    patterns = ([p for p in file_pattern.split(",") if p] if isinstance(file_pattern, str)
-                else [os.fspath(p) for p in file_pattern])
-    if not patterns:
-        raise FileNotFoundError(f"empty file pattern {file_pattern!r}")
-    files = []
-    for pattern in patterns:
-        matched = tf.io.gfile.glob(os.path.expanduser(pattern))
-        if not matched:
-            raise FileNotFoundError(
-                f"no TFRecord files match the pattern {pattern!r}"
-                + (f" (of {file_pattern!r})" if len(patterns) > 1 else ""))
-        files.extend(matched)
-    return sorted(set(files))
-
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def check_file_header(path: str) -> None:
-    """Cheap check (12 bytes) that `path` starts like a TFRecord file.
-
-    Raises:
-      ValueError: naming the file when its first record header is invalid or truncated.
-    """
-    size = tf.io.gfile.stat(path).length
-    if size == 0:
-        return  # an empty TFRecord file is valid (no records)
-    with tf.io.gfile.GFile(path, "rb") as f:
-        header = f.read(12)
-    if len(header) < 12:
-        raise ValueError(f"{path}: truncated TFRecord file ({size} bytes)")
-    (length,) = struct.unpack("<Q", header[:8])
-    (crc,) = struct.unpack("<I", header[8:])
-    if crc != _masked_crc32c(header[:8]):
-        raise ValueError(f"{path}: not a TFRecord file (bad record header at offset 0); "
-                         "was it written with tf.io.TFRecordWriter, uncompressed?")
-    if 12 + length + 4 > size:
-        raise ValueError(f"{path}: truncated TFRecord file (first record of {length} bytes, "
-                         f"file of {size} bytes)")
-
-
-def check_records(file_pattern: Patterns, with_ground_truth: bool = False) -> Dict[str, int]:
-    """Reads and parses every record of every file; names the first damaged one.
-
-    Use it when iteration stops with a DataLossError / InvalidArgumentError that does not
-    say which file is at fault (tf.data does not).
-
-    Returns:
-      {file: number of records}.
-
-    Raises:
-      ValueError: "<file>: record <i>: <TensorFlow's message>".
-    """
-    counts = {}
-    for path in list_files(file_pattern):
-        check_file_header(path)
-        count = 0
-        try:
-            for serialized in tf.data.TFRecordDataset(path):
-                records.parse_snippet(serialized, with_ground_truth=with_ground_truth)
-                count += 1
-        except (tf.errors.OpError, ValueError) as e:
-            message = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
-            raise ValueError(f"{path}: record {count}: {message}") from e
-        counts[path] = count
-    return counts
 
 
 # ----------------------------------------------------------------------------------

@@ -1,16 +1,209 @@
-"""TFRecord schema of a training snippet (target frame plus its two sources).
+"""The record-file contract: one place that knows how snippets are stored on disk.
 
-One `tf.train.Example` per snippet; keys and layout are defined in `coopnet_tf.specs`.
-Real datasets carry images and calibration only; the synthetic world adds exact
-ground truth (depth, per-source camera motion, flow and moving-object masks).
+* Schema: one `tf.train.Example` per snippet (target frame plus its two sources); keys
+  and layout are defined in `coopnet_tf.specs` (`serialize_snippet` / `parse_snippet`).
+  Real datasets carry images and calibration only; the synthetic world adds exact
+  ground truth (depth, per-source camera motion, flow and moving-object masks).
+* Files: ``<dir>/<split>-SSSSS-of-NNNNN.tfrecord`` (`shard_name`, `shard_path`,
+  `file_pattern`), written atomically by `atomic_writers` (the converters' and the
+  synthetic world's one writer); `list_files` expands patterns, `count_records` counts
+  from the framing, `has_ground_truth` looks at the first record, `check_file_header`
+  (12 bytes, CRC) and `check_records` (every record) name a damaged file.
+
+This module imports TensorFlow: the converters and the synthetic world's renderer import
+it inside the functions that write, so that they stay TensorFlow-free until then.
 """
-from typing import Dict, Optional, Sequence
+import contextlib
+import os
+import struct
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
 from coopnet_tf import specs
 
+SHARD_SUFFIX = ".tfrecord"
+TMP_SUFFIX = ".tmp"
+Patterns = Union[str, Sequence[str]]
+
+
+# ------------------------------------------------------------------------ file names ----
+
+def shard_name(prefix: str, index: int, num_shards: int) -> str:
+    """``<prefix>-00003-of-00016.tfrecord``."""
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def shard_path(output_dir: str, prefix: str, index: int, num_shards: int) -> str:
+    """``<output_dir>/<prefix>-00003-of-00016.tfrecord``."""
+    return os.path.join(output_dir, shard_name(prefix, index, num_shards))
+
+
+def file_pattern(data_dir, split: str) -> str:
+    """Glob of the record files of a split written by our converters / the synthetic world."""
+    return os.path.join(os.fspath(data_dir), f"{split}-*{SHARD_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_writers(paths: Sequence[str]) -> Iterator[List]:
+    """`tf.io.TFRecordWriter`s on ``<path>.tmp``, moved onto ``paths`` (`os.replace`) when
+    the block ends normally; on an exception every temporary is removed and no path appears.
+    A file under its final name is therefore always complete."""
+    tmps = [p + TMP_SUFFIX for p in paths]
+    writers = []
+    try:
+        writers = [tf.io.TFRecordWriter(t) for t in tmps]
+        yield writers
+    except BaseException:
+        for writer, tmp in zip(writers, tmps):
+            writer.close()
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    for writer in writers:
+        writer.close()
+    for tmp, path in zip(tmps, paths):
+        os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ files ----
+
+def list_files(file_pattern: Patterns) -> List[str]:
+    """Sorted files matching a glob, a comma-separated list of globs, or a list of globs.
+
+    Raises:
+      FileNotFoundError: naming the pattern(s) when nothing matches.
+    """
+    patterns = ([p for p in file_pattern.split(",") if p] if isinstance(file_pattern, str)
+                else [os.fspath(p) for p in file_pattern])
+    if not patterns:
+        raise FileNotFoundError(f"empty file pattern {file_pattern!r}")
+    files = []
+    for pattern in patterns:
+        matched = tf.io.gfile.glob(os.path.expanduser(pattern))
+        if not matched:
+            raise FileNotFoundError(
+                f"no TFRecord files match the pattern {pattern!r}"
+                + (f" (of {file_pattern!r})" if len(patterns) > 1 else ""))
+        files.extend(matched)
+    return sorted(set(files))
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_file_header(path: str) -> None:
+    """Cheap check (12 bytes) that `path` starts like a TFRecord file.
+
+    Raises:
+      ValueError: naming the file when its first record header is invalid or truncated.
+    """
+    size = tf.io.gfile.stat(path).length
+    if size == 0:
+        return  # an empty TFRecord file is valid (no records)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        header = f.read(12)
+    if len(header) < 12:
+        raise ValueError(f"{path}: truncated TFRecord file ({size} bytes)")
+    (length,) = struct.unpack("<Q", header[:8])
+    (crc,) = struct.unpack("<I", header[8:])
+    if crc != _masked_crc32c(header[:8]):
+        raise ValueError(f"{path}: not a TFRecord file (bad record header at offset 0); "
+                         "was it written with tf.io.TFRecordWriter, uncompressed?")
+    if 12 + length + 4 > size:
+        raise ValueError(f"{path}: truncated TFRecord file (first record of {length} bytes, "
+                         f"file of {size} bytes)")
+
+
+def check_records(file_pattern: Patterns, with_ground_truth: bool = False) -> Dict[str, int]:
+    """Reads and parses every record of every file; names the first damaged one.
+
+    Use it when iteration stops with a DataLossError / InvalidArgumentError that does not
+    say which file is at fault (tf.data does not).
+
+    Returns:
+      {file: number of records}.
+
+    Raises:
+      ValueError: "<file>: record <i>: <TensorFlow's message>".
+    """
+    counts = {}
+    for path in list_files(file_pattern):
+        check_file_header(path)
+        count = 0
+        try:
+            for serialized in tf.data.TFRecordDataset(path):
+                parse_snippet(serialized, with_ground_truth=with_ground_truth)
+                count += 1
+        except (tf.errors.OpError, ValueError) as e:
+            message = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
+            raise ValueError(f"{path}: record {count}: {message}") from e
+        counts[path] = count
+    return counts
+
+
+def _open_binary(path: str):
+    if "://" in path:
+            return tf.io.gfile.GFile(path, "rb"), tf.io.gfile.stat(path).length
+    return open(path, "rb"), os.path.getsize(path)
+
+
+def count_file_records(path: str) -> int:
+    """Records in one TFRecord file, from its framing (no parsing, no CRC check).
+
+    Raises:
+      ValueError: "truncated TFRecord file <path>".
+    """
+    count = position = 0
+    size = tf.io.gfile.stat(path).length
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while position < size:
+            f.seek(position)
+            header = f.read(8)
+            if len(header) < 8:
+                raise ValueError(f"truncated TFRecord file {path}")
+            (length,) = struct.unpack("<Q", header)
+            position += 8 + 4 + length + 4
+            count += 1
+    if position != size:
+        raise ValueError(f"truncated TFRecord file {path}")
+    return count
+
+
+def count_records(file_pattern: Patterns) -> int:
+    """Number of snippets in the files of ``file_pattern`` (framing only, fast)."""
+    return sum(count_file_records(path) for path in list_files(file_pattern))
+
+
+def has_ground_truth(file_pattern: Patterns) -> bool:
+    """True when the first record carries a ground-truth depth map (the synthetic world)."""
+    files = list_files(file_pattern)
+    for raw in tf.data.TFRecordDataset(files[:1]).take(1):
+        example = tf.train.Example.FromString(raw.numpy())
+        return specs.FEATURE_GT_DEPTH in example.features.feature
+    return False
+
+
+# ------------------------------------------------------------------------ schema ----
 
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))

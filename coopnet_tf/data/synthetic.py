@@ -760,15 +760,12 @@ def serialized_snippets(sequence: Sequence) -> Iterator[bytes]:
             gt_flow=gt["gt_flow"], gt_moving_mask=gt["gt_moving_mask"])
 
 
-def shard_name(split: str, shard: int, num_shards: int) -> str:
-    return f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-
-
 def file_pattern(path, split: str = "train") -> str:
     """Glob of the record files of `split` in a dataset directory written here."""
+    from coopnet_tf.data import records  # imports TensorFlow
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return os.path.join(os.fspath(path), f"{split}-*.tfrecord")
+    return records.file_pattern(path, split)
 
 
 def is_complete(path) -> bool:
@@ -780,9 +777,9 @@ def write_synthetic_dataset(output_dir, config: Optional[WorldConfig] = None,
                             progress: bool = True, **world_config) -> str:
     """Renders every split and writes sharded TFRecords (with ground truth) to `output_dir`.
 
-    Each shard is written under a temporary name and moved into place with `os.replace`;
-    the marker file `_FINISHED` (a JSON summary) is written last, so a directory without
-    it is incomplete. Snippets are dealt round-robin to the shards of their split.
+    The shards of a split are written by `records.atomic_writers` (temporary names, moved
+    into place with `os.replace` when the split is complete); the marker file `_FINISHED`
+    (a JSON summary) is written last, so a directory without it is incomplete. Snippets are dealt round-robin to the shards of their split.
 
     Args:
       output_dir: directory to write to (created).
@@ -792,8 +789,9 @@ def write_synthetic_dataset(output_dir, config: Optional[WorldConfig] = None,
     Returns:
       `output_dir` as a string.
     """
-    import tensorflow as tf
     from tqdm.auto import tqdm
+
+    from coopnet_tf.data import records  # imports TensorFlow
 
     if config is None:
         config = WorldConfig(**world_config)
@@ -816,26 +814,15 @@ def write_synthetic_dataset(output_dir, config: Optional[WorldConfig] = None,
                 continue
             wanted = config.train_shards if split == "train" else config.eval_shards
             num_shards = max(1, min(wanted, num_seq * snippets_per_sequence))
-            names = [shard_name(split, i, num_shards) for i in range(num_shards)]
-            tmp_names = [os.path.join(output_dir, f".{n}.tmp-{os.getpid()}") for n in names]
-            writers = [tf.io.TFRecordWriter(p) for p in tmp_names]
+            paths = [records.shard_path(output_dir, split, i, num_shards)
+                     for i in range(num_shards)]
             count = 0
-            try:
+            with records.atomic_writers(paths) as writers:
                 for index in range(num_seq):
                     for example in serialized_snippets(render_sequence(config, split, index)):
                         writers[count % num_shards].write(example)
                         count += 1
                     bar.update(1)
-            except BaseException:
-                for w, p in zip(writers, tmp_names):
-                    w.close()
-                    if os.path.exists(p):
-                        os.remove(p)
-                raise
-            for w in writers:
-                w.close()
-            for tmp, name in zip(tmp_names, names):
-                os.replace(tmp, os.path.join(output_dir, name))
             summary["splits"][split] = {"sequences": num_seq, "snippets": count,
                                         "shards": num_shards,
                                         "pattern": file_pattern(output_dir, split)}

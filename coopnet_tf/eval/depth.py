@@ -1,4 +1,4 @@
-"""Single-view depth evaluation: KITTI Eigen split and Cityscapes (REFERENCE.md 9.1, 9.2).
+"""Single-view depth evaluation: KITTI Eigen split and Cityscapes (docs/decisions.md E1, E2).
 
 Follows Monodepth2's `evaluate_depth.py` (and ManyDepth's Cityscapes branch):
 

@@ -1,4 +1,4 @@
-"""Optical-flow evaluation on KITTI 2015 (REFERENCE.md 9.4).
+"""Optical-flow evaluation on KITTI 2015 (docs/decisions.md E4).
 
 * EPE per image = mean over valid GT pixels of `|f_pred - f_gt|_2`; "noc" uses
   `flow_noc`, "all" uses `flow_occ`; the reported number is the mean over images

@@ -1,4 +1,4 @@
-"""Visual odometry evaluation on KITTI (REFERENCE.md 9.3).
+"""Visual odometry evaluation on KITTI (docs/decisions.md E3).
 
 * KITTI format: one line per frame, the 3x4 camera-to-world matrix [R|t] row-major
   (12 numbers); poses are handled here as [N, 4, 4] float64.

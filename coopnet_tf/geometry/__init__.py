@@ -1,7 +1,7 @@
 """Camera geometry: intrinsics, SE(3) poses, projection, rigid flow and warping.
 
 Pure TensorFlow, no gin, float32, batch-first NHWC; every function runs inside
-`tf.function(jit_compile=True)`. See docs/readme/geometry.md.
+`tf.function(jit_compile=True)`. See docs/geometry.md.
 """
 from coopnet_tf.geometry.camera import (
     crop_intrinsics,

@@ -1,4 +1,4 @@
-"""Pinhole intrinsics and pixel grids (REFERENCE.md section 1.1).
+"""Pinhole intrinsics and pixel grids (docs/decisions.md C1).
 
 Conventions (docs/ARCHITECTURE.md): `K = [[fx, s, cx], [0, fy, cy], [0, 0, 1]]` (skew `s`
 is 0 for every dataset we use but is handled where it costs nothing). Pixel centres are
@@ -27,7 +27,7 @@ def scale_intrinsics(K, sx, sy):
     `fx' = sx fx`, `cx' = sx cx`, `fy' = sy fy`, `cy' = sy cy` (row 0 scaled by `sx`,
     row 1 by `sy`). The strict pixel-centre form `cx' = sx (cx + 0.5) - 0.5` is
     deliberately NOT used: Monodepth2, SC-SfMLearner and SfMLearner all ignore the
-    half-pixel term, and we keep their numbers comparable (REFERENCE.md 1.1).
+    half-pixel term, and we keep their numbers comparable (docs/decisions.md C1).
 
     Args:
       K: `[..., 3, 3]` intrinsics.
@@ -97,7 +97,7 @@ def flip_intrinsics(K, width):
 def pyramid_intrinsics(K, level):
     """Intrinsics of pyramid level `level` (image downsampled by `2**level`).
 
-    Divides `fx, fy, cx, cy` (and skew) by `2**level` (REFERENCE.md 1.1; same
+    Divides `fx, fy, cx, cy` (and skew) by `2**level` (docs/decisions.md C1; same
     half-pixel convention as `scale_intrinsics`).
 
     Args:

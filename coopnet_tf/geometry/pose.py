@@ -1,4 +1,4 @@
-"""6-DoF pose vectors <-> 4x4 rigid transforms (REFERENCE.md section 1.3).
+"""6-DoF pose vectors <-> 4x4 rigid transforms (docs/decisions.md C3, D4).
 
 Two parametrisations of the pose network's 6-vector:
 
@@ -249,7 +249,7 @@ def matrix_to_pose_vector(matrix, rotation_mode=AXIS_ANGLE):
 def invert_transform(transform):
     """Closed-form inverse of a rigid transform: `[[R^T, -R^T t], [0, 1]]`.
 
-    Used for the t-1 source (REFERENCE.md 1.3: the pose net sees `(I_{t-1}, I_t)` in
+    Used for the t-1 source (docs/decisions.md C3: the pose net sees `(I_{t-1}, I_t)` in
     temporal order and `T_{t->t-1}` is the inverse of its output).
 
     Args:

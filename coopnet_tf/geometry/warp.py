@@ -1,6 +1,6 @@
 """Back-projection, projection, rigid flow and bilinear warping (paper Eqs. 3-5).
 
-Conventions (docs/ARCHITECTURE.md, REFERENCE.md 1.2-1.5):
+Conventions (docs/ARCHITECTURE.md, docs/decisions.md C2):
 
 * batch-first NHWC; pixel centres at integer coordinates; coordinate/flow channel 0 = x
   (column), 1 = y (row); flow in pixels of the resolution it is computed at;
@@ -87,7 +87,7 @@ def project(points, K):
     """Pinhole projection with the depth clamp `z >= 1e-3`.
 
     `(x, y, z) = K X`; `p = (x / z_c, y / z_c)` with `z_c = max(z, 1e-3)`: points behind
-    the camera land far away instead of flipping sign (REFERENCE.md 1.2).
+    the camera land far away instead of flipping sign (docs/decisions.md C2).
 
     Args:
       points: `[B, H, W, 3]` in the camera frame.
@@ -121,6 +121,29 @@ def rigid_flow(depth, T_target_to_source, K):
     points_s = transform_points(T_target_to_source, backproject(depth, K))
     coords, _ = project(points_s, K)
     return coords - camera.pixel_grid(b, h, w)
+
+
+def bilinear_corners(x, y, x0=None, y0=None):
+    """The four pixel centres around `(x, y)` and their bilinear weights.
+
+    Args:
+      x, y: float coordinates (any shape).
+      x0, y0: the top-left corner; default `floor(x)`, `floor(y)` (the border sampler
+        passes clipped ones so that the right/bottom neighbour stays inside).
+
+    Returns:
+      `[(x0, y0, w00), (x1, y0, w10), (x0, y1, w01), (x1, y1, w11)]`, float corners
+      (callers clip and cast them), weights summing to 1.
+    """
+    x0 = tf.floor(x) if x0 is None else x0
+    y0 = tf.floor(y) if y0 is None else y0
+    x1 = x0 + 1.0
+    y1 = y0 + 1.0
+    wx1 = x - x0
+    wx0 = 1.0 - wx1
+    wy1 = y - y0
+    wy0 = 1.0 - wy1
+    return [(x0, y0, wx0 * wy0), (x1, y0, wx1 * wy0), (x0, y1, wx0 * wy1), (x1, y1, wx1 * wy1)]
 
 
 def bilinear_sample(image, coords, padding=BORDER):
@@ -172,17 +195,10 @@ def bilinear_sample(image, coords, padding=BORDER):
         y = tf.clip_by_value(y, -2.0, h_max + 2.0)
         x0 = tf.floor(x)
         y0 = tf.floor(y)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
-    wx1 = x - x0
-    wx0 = 1.0 - wx1
-    wy1 = y - y0
-    wy0 = 1.0 - wy1
 
     flat = tf.reshape(image, tf.stack([b, h * w, c]))
     out = 0.0
-    for xi, yi, wgt in ((x0, y0, wx0 * wy0), (x1, y0, wx1 * wy0),
-                        (x0, y1, wx0 * wy1), (x1, y1, wx1 * wy1)):
+    for xi, yi, wgt in bilinear_corners(x, y, x0, y0):
         if padding == ZEROS:
             inside = (xi >= 0.0) & (xi <= w_max) & (yi >= 0.0) & (yi <= h_max)
             wgt = wgt * tf.cast(inside, tf.float32)

@@ -1,6 +1,6 @@
 """Pixel apportionment between the depth+pose pair and the flow network.
 
-CoopNet's contribution (paper Sec. 3-4, Eqs. 8-14; REFERENCE.md 7, 10) is *which pixels,
+CoopNet's contribution (paper Sec. 3-4, Eqs. 8-14; docs/decisions.md D1-D3, D13-D15) is *which pixels,
 with which weight*, train which network. This module computes that, at scale 0 and from
 stop-gradient inputs, behind one interface, so that the Table 4 rows are a choice of
 strategy:
@@ -23,10 +23,10 @@ Interface (what the training step codes against):
    ``tf.distribute`` if any, because ``coopnet`` creates its ``P2Quantiles`` layer.
 2. Every step: ``app = strategy(ApportionInputs(...), use_quantiles, update_quantiles)``
    with scale-0 maps; returns an ``Apportionment`` (masks/weights are stop-gradient).
-3. Every scale s: ``rigid_photometric_loss(phi_rigid_s, phi_identity, app.rigid_mask,
-   app.rigid_normalisation, seed)`` and ``flow_photometric_loss(phi_flow_s,
+3. Every scale s: ``photometric.rigid_photometric_loss(phi_rigid_s, phi_identity, app.rigid_mask,
+   app.rigid_normalisation, seed)`` and ``photometric.flow_photometric_loss(phi_flow_s,
    app.flow_weight)`` (Φ maps at full resolution for every scale, Monodepth2 style; the
-   scale-0 masks are reused at every scale, REFERENCE.md 7.3-3).
+   scale-0 masks are reused at every scale, docs/decisions.md D2).
 4. ``strategy.start_epoch()`` / ``strategy.end_epoch()`` at epoch boundaries;
    ``strategy.quantile_layer`` goes into the checkpoint; ``strategy.trainable_variables``
    (empty here) is where a strategy owning a network (Competitive Collaboration's
@@ -51,13 +51,13 @@ from coopnet_tf.losses import quantile as quantile_lib
 DELTA = "delta"
 DELTA_FLOW_X = "delta_flow_x"
 DELTA_FLOW_Y = "delta_flow_y"
-DELTA_FLOW_EPS = 1e-3  # px, in the denominator of Eq. 13 (REFERENCE.md 7.1)
+DELTA_FLOW_EPS = 1e-3  # px, in the denominator of Eq. 13 (docs/decisions.md D14)
 DEFAULT_ETA = 0.15
 DEFAULT_ZETA = 0.25
 DEFAULT_TAIL_PROBABILITY = 0.15
 FLOW_WEIGHTINGS = ("tails", "eq11")
 FLOW_NORMALISATIONS = ("pair", "batch")   # Eq. 11's counts: per (image, source) / batch
-RIGID_NORMALISATIONS = ("masked", "all")
+RIGID_NORMALISATIONS = photometric.RIGID_NORMALISATIONS
 DEFAULT_HISTOGRAM_SIZE = 4096
 
 
@@ -87,7 +87,7 @@ class Apportionment(NamedTuple):
     rigid_mask: `[B, S, H, W, 1]` 0/1: source s's rigid reprojection error may train
       depth/pose at that pixel.
     flow_weight: `[B, S, H, W, 1]` loss weights, already normalised: the flow photometric
-      loss is `sum(flow_weight * Φ_F)` (``flow_photometric_loss``).
+      loss is `sum(flow_weight * Φ_F)` (``photometric.flow_photometric_loss``).
     rigid_normalisation: "masked" (minimum reprojection over the admitted sources and the
       identity terms, averaged over pixels with at least one admitted source) or "all"
       (per-source `rigid_mask * Φ_D` averaged over all B·S·H·W entries).
@@ -140,7 +140,7 @@ def group_weights(in_gamma, domain, normalisation="pair"):
     w(p) = |P| / |Γ| on Γ, |P| / |Γ̄| on Γ̄ (an empty group has no pixel, so its weight is
     never used: the other group then has w ≡ 1), 0 outside P. The loss weights make
     `sum(loss_weight * Φ)` = mean over pairs with P ≠ ∅ of (mean_Γ Φ + mean_Γ̄ Φ), each
-    mean skipped when its group is empty (REFERENCE.md 7.2, 7.3-5).
+    mean skipped when its group is empty (docs/decisions.md D15).
 
     With ``normalisation="batch"`` the counts run over every pixel of the batch instead
     (one group pair: P = all domain pixels of the batch), and `sum(loss_weight * Φ)` =
@@ -175,76 +175,6 @@ def uniform_weights(domain):
     """w ≡ 1 on `domain`: loss weights give the mean over pairs of the per-pair mean over
     `domain` (pairs with an empty domain skipped). Returns (pixel_weight, loss_weight)."""
     return group_weights(tf.zeros_like(tf.cast(domain, tf.bool)), domain)
-
-
-def rigid_photometric_maps(phi_rigid, phi_identity, rigid_mask, seed=None):
-    """Masked Monodepth2 minimum reprojection (REFERENCE.md 7.3-2).
-
-    Per pixel, the minimum over the identity errors of every source (always compete) and
-    the rigid errors of the sources whose mask is 1.
-
-    Args:
-      phi_rigid: `[B, S, H, W, 1]` (any scale's full-resolution Φ_D).
-      phi_identity: `[B, S, H, W, 1]` or None (no auto-masking).
-      rigid_mask: `[B, S, H, W, 1]` 0/1 (stop-gradient).
-      seed: tie-break noise seed for the identity terms (``photometric.min_reprojection``).
-
-    Returns:
-      (loss_map `[B, H, W, 1]` (0 where no source is admitted), valid `[B, H, W, 1]`,
-      automask `[B, H, W, 1]` 1 where a rigid term won).
-    """
-    return photometric.min_reprojection(
-        phi_rigid, phi_identity, mask=tf.stop_gradient(rigid_mask), seed=seed)
-
-
-def rigid_photometric_loss(phi_rigid, phi_identity, rigid_mask, normalisation="masked",
-                           seed=None):
-    """The depth/pose photometric loss L_θ,α of one scale (Eq. 10, means not sums).
-
-    Args:
-      phi_rigid: `[B, S, H, W, 1]` Φ_D of this scale, at full resolution.
-      phi_identity: `[B, S, H, W, 1]` or None; used by "masked" only.
-      rigid_mask: `[B, S, H, W, 1]` 0/1 from the apportionment (stop-gradient here too).
-      normalisation: "masked": minimum reprojection with identity terms, mean over the
-        pixels where at least one source is admitted (coopnet; baseline with an all-ones
-        mask = plain Monodepth2). "all": `sum(rigid_mask * Φ_D) / (B·S·H·W)`, no minimum
-        over sources, no identity terms (GLNet, Eq. 6).
-      seed: tie-break noise seed ("masked" only).
-
-    Returns:
-      scalar float32.
-    """
-    if normalisation == "masked":
-        loss_map, valid, _ = rigid_photometric_maps(phi_rigid, phi_identity, rigid_mask, seed)
-        return tf.math.divide_no_nan(tf.reduce_sum(loss_map), tf.reduce_sum(valid))
-    if normalisation == "all":
-        mask = tf.stop_gradient(tf.cast(rigid_mask, tf.float32))
-        return tf.reduce_mean(mask * tf.cast(phi_rigid, tf.float32))
-    raise ValueError(f"normalisation must be one of {RIGID_NORMALISATIONS}: {normalisation!r}")
-
-
-def flow_photometric_loss(phi_flow, flow_weight):
-    """The flow photometric loss L_δ of one scale: `sum(flow_weight * Φ_F)`.
-
-    Args:
-      phi_flow: `[B, S, H, W, 1]` Φ_F of this scale, at full resolution.
-      flow_weight: `[B, S, H, W, 1]` normalised loss weights from the apportionment.
-
-    Returns:
-      scalar float32.
-    """
-    w = tf.stop_gradient(tf.cast(flow_weight, tf.float32))
-    return tf.reduce_sum(w * tf.cast(phi_flow, tf.float32))
-
-
-def quantile_schedule(epoch, burn_in_epochs=5, estimation_epochs=1):
-    """(use_quantiles, update_quantiles) for a 0-based epoch (defaults table row 11).
-
-    Quantile masks are used from epoch `burn_in_epochs` on; the estimators run from
-    `estimation_epochs` epochs before that (the last burn-in epoch by default), so that
-    the first masked epoch has quantiles. Works on Python ints and int tensors.
-    """
-    return epoch >= burn_in_epochs, epoch >= burn_in_epochs - estimation_epochs
 
 
 def _f32(x):
@@ -390,6 +320,11 @@ class ApportionmentStrategy:
     @property
     def trainable_variables(self):
         return []
+
+    # The strategy's own sub-phases, or None: a plain ``(names, lengths, unit, repeat)``
+    # tuple that the training schedule turns into ``Phase.stage`` (training/schedule.py,
+    # docs/training.md "Phases"); e.g. Competitive Collaboration's alternation.
+    stages = None
 
     def checkpoint_items(self) -> Dict[str, Any]:
         """Trackables to add to the training checkpoint."""

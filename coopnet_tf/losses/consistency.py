@@ -1,11 +1,11 @@
-"""Occlusion and auxiliary consistency terms (REFERENCE.md sections 3-6).
+"""Occlusion and auxiliary consistency terms (docs/decisions.md C7, D7, D8).
 
 * `range_map` / `non_occluded_mask`: Wang et al. (2018) occlusion by forward splatting of
   the reverse flow; no gradient; CoopNet's hard threshold 0.2.
 * `forward_backward_residual` / `forward_backward_loss`: UnFlow / DF-Net consistency.
 * `geometric_consistency`: Bian et al. (SC-SfMLearner) depth inconsistency map.
 * `epipolar_loss`: CoopNet supplement Eqs. 26-29 (absolute value, epsilon).
-* `variance_loss`: inverse depth variance (Kim & Kim 2022 as read in REFERENCE.md 6).
+* `variance_loss`: inverse depth variance (Kim & Kim 2022, as we read it: docs/decisions.md D8).
 
 All inputs are cast to float32 on entry (splatting accumulates many small weights and
 the epipolar/projection products need float32 accuracy; under mixed precision the
@@ -43,7 +43,7 @@ def masked_mean(values, mask=None):
 
 
 def range_map(reverse_flow):
-    """Wang et al. range map of the target frame by forward splatting (REFERENCE.md 4.2).
+    """Wang et al. range map of the target frame by forward splatting (docs/decisions.md C7).
 
     Each pixel q of the source grid is sent to `q + F_{s->t}(q)` in the target grid and
     spreads a unit mass over the four neighbouring pixel centres with bilinear weights;
@@ -70,19 +70,10 @@ def range_map(reverse_flow):
     pos = tf.where(tf.math.is_finite(pos), pos, -2.0)
     x = tf.clip_by_value(pos[..., 0], -2.0, w_max + 2.0)
     y = tf.clip_by_value(pos[..., 1], -2.0, h_max + 2.0)
-    x0 = tf.floor(x)
-    y0 = tf.floor(y)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
-    wx1 = x - x0
-    wx0 = 1.0 - wx1
-    wy1 = y - y0
-    wy0 = 1.0 - wy1
     batch_offset = tf.reshape(tf.range(b) * (h * w), [-1, 1, 1])
     weights = []
     indices = []
-    for xi, yi, wgt in ((x0, y0, wx0 * wy0), (x1, y0, wx1 * wy0),
-                        (x0, y1, wx0 * wy1), (x1, y1, wx1 * wy1)):
+    for xi, yi, wgt in warp.bilinear_corners(x, y):
         inside = (xi >= 0.0) & (xi <= w_max) & (yi >= 0.0) & (yi <= h_max)
         weights.append(wgt * tf.cast(inside, tf.float32))
         xi = tf.cast(tf.clip_by_value(xi, 0.0, w_max), tf.int32)
@@ -131,7 +122,7 @@ def forward_backward_loss(flow_fw, flow_bw, mask=None):
     """Mean over `mask` of the L1 norm `|c_x| + |c_y|` of the forward-backward residual.
 
     One direction; the symmetric term is `forward_backward_loss(flow_bw, flow_fw,
-    mask_bw)` (REFERENCE.md 4.1 [rec]: mask = non-occluded pixels).
+    mask_bw)` (docs/decisions.md C7: mask = non-occluded pixels).
 
     Args:
       flow_fw, flow_bw: `[B, H, W, 2]`.
@@ -146,7 +137,7 @@ def forward_backward_loss(flow_fw, flow_bw, mask=None):
 
 
 def geometric_consistency(depth_t, depth_s, T_t_to_s, K, padding=warp.BORDER):
-    """Bian et al. depth inconsistency map (REFERENCE.md 3).
+    """Bian et al. depth inconsistency map (docs/decisions.md C7).
 
     `D^t_s(p)`: z of `R D_t(p) K^-1 p~ + t` (target depth carried into the source camera);
     `D'_s(p)`: `D_s` bilinearly sampled at the projection `p_s(p)`;
@@ -196,7 +187,7 @@ def epipolar_distance(flow, T_t_to_s, K, eps=EPIPOLAR_EPS):
     """Per-pixel epipolar distance `|M p~ . p~_delta| / sqrt(a^2 + b^2 + eps)` (Eqs. 27-29).
 
     `(a, b, c) = M p~` (Eq. 27), `p_delta = p + F(p)` (Eq. 28). Eq. 29 is signed and
-    unbounded below; its absolute value is used (REFERENCE.md 5, default 7). `M` is
+    unbounded below; its absolute value is used (docs/decisions.md D7). `M` is
     first scaled by the norm of its first two rows (the line is defined up to scale), so
     the result is the point-to-line distance in pixels, invariant to the translation's
     scale, and `eps` only guards `t ~ 0` instead of swamping `a^2 + b^2` (which is of
@@ -241,7 +232,7 @@ def epipolar_loss(flow, T_t_to_s, K, mask=None, eps=EPIPOLAR_EPS):
 
 
 def variance_loss(depth, eps=VARIANCE_EPS):
-    """`L_var = mean_b 1 / (Var_{H,W}(D_b) + eps)` (REFERENCE.md 6, default 8).
+    """`L_var = mean_b 1 / (Var_{H,W}(D_b) + eps)` (docs/decisions.md D8).
 
     Args:
       depth: `[B, H, W, 1]` scale-0 target depth.

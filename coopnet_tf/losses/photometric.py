@@ -1,6 +1,7 @@
-"""Photometric error Phi (paper Eq. 2) and Monodepth2 minimum reprojection.
+"""Photometric error Phi (paper Eq. 2), Monodepth2 minimum reprojection, and the masked
+photometric losses that apply an apportionment's masks/weights (Eqs. 6, 10, 11).
 
-REFERENCE.md 2.1-2.2. All maps are per pixel and NOT reduced: the CoopNet apportionment
+docs/decisions.md C4. All maps are per pixel and NOT reduced: the CoopNet apportionment
 (Δ = Phi_D - Phi_F, quantiles, masks) needs the per-pixel values.
 
 Precision: inputs are cast to float32 on entry. SSIM needs it: `sigma^2 = E[x^2] - E[x]^2`
@@ -94,7 +95,7 @@ def _seed_pair(seed):
 
 
 def min_reprojection(reprojection_errors, identity_errors=None, mask=None, seed=None):
-    """Monodepth2 per-pixel minimum reprojection with auto-masking (REFERENCE.md 2.2).
+    """Monodepth2 per-pixel minimum reprojection with auto-masking (docs/decisions.md C4).
 
     Per pixel, the minimum over `{identity_errors[s]} ∪ {reprojection_errors[s]}`. Where an
     identity (un-warped) term wins, the pixel keeps the identity value, which carries no
@@ -107,7 +108,7 @@ def min_reprojection(reprojection_errors, identity_errors=None, mask=None, seed=
         auto-masking: the plain per-pixel minimum over sources).
       mask: optional `[B, S, H, W, 1]`; where `mask == 0` that source's reprojection error
         is excluded (treated as +inf). Pixels where every reprojection term is excluded
-        are not valid (CoopNet's V selection, REFERENCE.md 7.3-2).
+        are not valid (CoopNet's V selection, docs/decisions.md D13).
       seed: None (no noise) or an int / int tensor of shape [] or [2]: adds
         `N(0, 1) * 1e-5` to the identity errors to break ties (Monodepth2), drawn with
         `tf.random.stateless_normal` so it is reproducible and XLA-friendly. Pass a
@@ -146,3 +147,68 @@ def min_reprojection(reprojection_errors, identity_errors=None, mask=None, seed=
     # Invalid pixels may hold +inf; replace by 0 (tf.where blocks their gradient).
     loss = tf.where(valid, loss, tf.zeros_like(loss))
     return loss, tf.cast(valid, tf.float32), tf.cast(automask, tf.float32)
+
+
+# ------------------------------------------------ masked photometric losses (Eq. 10, 11) ----
+
+RIGID_NORMALISATIONS = ("masked", "all")
+
+
+def rigid_photometric_maps(phi_rigid, phi_identity, rigid_mask, seed=None):
+    """Masked Monodepth2 minimum reprojection (docs/decisions.md D13).
+
+    Per pixel, the minimum over the identity errors of every source (always compete) and
+    the rigid errors of the sources whose mask is 1.
+
+    Args:
+      phi_rigid: `[B, S, H, W, 1]` (any scale's full-resolution Φ_D).
+      phi_identity: `[B, S, H, W, 1]` or None (no auto-masking).
+      rigid_mask: `[B, S, H, W, 1]` 0/1 (stop-gradient).
+      seed: tie-break noise seed for the identity terms (``min_reprojection``).
+
+    Returns:
+      (loss_map `[B, H, W, 1]` (0 where no source is admitted), valid `[B, H, W, 1]`,
+      automask `[B, H, W, 1]` 1 where a rigid term won).
+    """
+    return min_reprojection(
+        phi_rigid, phi_identity, mask=tf.stop_gradient(rigid_mask), seed=seed)
+
+
+def rigid_photometric_loss(phi_rigid, phi_identity, rigid_mask, normalisation="masked",
+                           seed=None):
+    """The depth/pose photometric loss L_θ,α of one scale (Eq. 10, means not sums).
+
+    Args:
+      phi_rigid: `[B, S, H, W, 1]` Φ_D of this scale, at full resolution.
+      phi_identity: `[B, S, H, W, 1]` or None; used by "masked" only.
+      rigid_mask: `[B, S, H, W, 1]` 0/1 from the apportionment (stop-gradient here too).
+      normalisation: "masked": minimum reprojection with identity terms, mean over the
+        pixels where at least one source is admitted (coopnet; baseline with an all-ones
+        mask = plain Monodepth2). "all": `sum(rigid_mask * Φ_D) / (B·S·H·W)`, no minimum
+        over sources, no identity terms (GLNet, Eq. 6).
+      seed: tie-break noise seed ("masked" only).
+
+    Returns:
+      scalar float32.
+    """
+    if normalisation == "masked":
+        loss_map, valid, _ = rigid_photometric_maps(phi_rigid, phi_identity, rigid_mask, seed)
+        return tf.math.divide_no_nan(tf.reduce_sum(loss_map), tf.reduce_sum(valid))
+    if normalisation == "all":
+        mask = tf.stop_gradient(tf.cast(rigid_mask, tf.float32))
+        return tf.reduce_mean(mask * tf.cast(phi_rigid, tf.float32))
+    raise ValueError(f"normalisation must be one of {RIGID_NORMALISATIONS}: {normalisation!r}")
+
+
+def flow_photometric_loss(phi_flow, flow_weight):
+    """The flow photometric loss L_δ of one scale: `sum(flow_weight * Φ_F)`.
+
+    Args:
+      phi_flow: `[B, S, H, W, 1]` Φ_F of this scale, at full resolution.
+      flow_weight: `[B, S, H, W, 1]` normalised loss weights from the apportionment.
+
+    Returns:
+      scalar float32.
+    """
+    w = tf.stop_gradient(tf.cast(flow_weight, tf.float32))
+    return tf.reduce_sum(w * tf.cast(phi_flow, tf.float32))

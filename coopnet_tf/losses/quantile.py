@@ -13,9 +13,14 @@ This module holds
   among the valid ones), gathers every replica's subsample under ``tf.distribute`` in
   replica order and applies the same update on every replica.
 
-The 1-D convenience API ``coopnet_tf.quantiles.p2_quantiles`` runs ``p2_absorb`` too.
+``p2_quantiles(values, probs)``: the 1-D convenience API, the same ``p2_absorb`` on a
+stream, every value in order, no subsampling::
 
-P² for one probability p (REFERENCE.md section 8): marker heights q[0..4], actual
+    >>> from coopnet_tf.losses.quantile import p2_quantiles
+    >>> x = np.random.default_rng(0).normal(size=100_000)
+    >>> p2_quantiles(x, [0.35, 0.65])   # ~ [-0.385, 0.385]
+
+P² for one probability p (docs/decisions.md C8): marker heights q[0..4], actual
 positions n[0..4] (integers), desired positions n'[0..4], increments dn' =
 (0, p/2, p, (1+p)/2, 1). The first five observations are kept (in the height slots) and
 sorted to initialise the markers: n = (1..5), n' = (1, 1+2p, 1+4p, 3+2p, 5). For each
@@ -256,6 +261,35 @@ def p2_absorb_fn(jit_compile: bool):
     return _p2_absorb_xla if jit_compile else _p2_absorb_graph
 
 
+def p2_quantiles(values, probs: Sequence[float], jit_compile: bool = True) -> np.ndarray:
+    """P² estimates of the `probs`-quantiles of the stream `values`.
+
+    Args:
+      values: 1-D array-like, processed in order (non-finite values are observations
+        too; filter them first).
+      probs: probabilities in ]0, 1[.
+      jit_compile: XLA-compile the sequential loop (default; much faster on CPU).
+
+    Returns:
+      float64 array `[len(probs)]`. With fewer than 5 values: the exact sample quantiles
+      (``np.quantile``, linear interpolation); NaN for an empty stream.
+    """
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if probs.size == 0:
+        return np.zeros([0], np.float64)
+    if np.any((probs <= 0.0) | (probs >= 1.0)):
+        raise ValueError(f"probabilities must lie in ]0, 1[: {probs}")
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    e = probs.size
+    if x.size == 0:
+        return np.full([e], np.nan)
+    xs = tf.constant(np.repeat(x[:, None], e, axis=1))
+    active = tf.ones(xs.shape, tf.bool)
+    state = p2_initial_state(e)
+    state = p2_absorb_fn(jit_compile)(state, xs, active, tf.constant(probs), compact=False)
+    return p2_estimates(state, tf.constant(probs)).numpy()
+
+
 def _replica_info():
     """(replica context or None, number of replicas, replica id as int32 tensor)."""
     ctx = tf.distribute.get_replica_context()
@@ -384,7 +418,7 @@ class P2Quantiles(keras.layers.Layer):
     subsample in replica order (``all_gather``), and feeds the concatenation, in order, to
     the estimators on every replica, so that all replicas hold the same state.
 
-    Epoch protocol (paper Fig. 4, REFERENCE.md 7.1, defaults table row 3):
+    Epoch protocol (paper Fig. 4, docs/decisions.md D3):
     ``reset()`` at epoch start (running estimators emptied; ``current`` kept);
     ``update(...)`` every step; ``freeze()`` at epoch end copies the running estimates to
     ``current`` (estimators that saw nothing keep their previous value), which is what

@@ -1,4 +1,4 @@
-"""Edge-aware first-order smoothness (REFERENCE.md 2.5), for disparity and for flow.
+"""Edge-aware first-order smoothness (docs/decisions.md C6), for disparity and for flow.
 
 `L_s = mean(|d_x f| exp(-mean_c |d_x I|)) + mean(|d_y f| exp(-mean_c |d_y I|))` with forward
 differences; the image is the target colour image at the same scale as the field.
@@ -70,7 +70,7 @@ def flow_smoothness(flow, image, normalise=True):
       flow: `[B, h, w, 2]` flow in pixels of this scale, channel 0 = x.
       image: `[B, h, w, 3]` target image at this scale.
       normalise: divide the x component by `w` and y by `h` first, so magnitudes are
-        comparable to normalised disparity (REFERENCE.md 2.5 [rec]).
+        comparable to normalised disparity (docs/decisions.md C6).
 
     Returns:
       scalar float32.

@@ -186,7 +186,7 @@ def unet_decoder(
     head: Callable[[object, int], object],
     num_scales: int = NUM_SCALES,
 ) -> List:
-    """Monodepth2 depth decoder wiring (REFERENCE 11.2), with a pluggable head.
+    """Monodepth2 depth decoder wiring (docs/decisions.md C9), with a pluggable head.
 
     Args:
       features: the 5 encoder features, level l at H/2^(l+1) (64, 64/256, 128/512,

@@ -1,4 +1,4 @@
-"""DispResNet: Monodepth2's ResNet encoder + depth decoder (REFERENCE 11.1-11.2, 2.4).
+"""DispResNet: Monodepth2's ResNet encoder + depth decoder (docs/decisions.md C9, C5).
 
 No gin here; the configurable factory is `coopnet_tf.models.factory.build_depth_net`.
 """
@@ -54,7 +54,7 @@ def build_depth_model(
 def disp_to_depth(
     disp: tf.Tensor, min_depth: float = specs.MIN_DEPTH, max_depth: float = specs.MAX_DEPTH
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Sigmoid output -> (scaled disparity, depth) (Monodepth2, REFERENCE 2.4).
+    """Sigmoid output -> (scaled disparity, depth) (Monodepth2, docs/decisions.md C5).
 
     Args:
       disp: sigmoid disparity in (0, 1), any shape (e.g. `[B, H, W, 1]`).

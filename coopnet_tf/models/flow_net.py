@@ -1,4 +1,4 @@
-"""Flow network: ResNet50 U-Net with linear flow heads at 4 scales (REFERENCE 11.4-11.5).
+"""Flow network: ResNet50 U-Net with linear flow heads at 4 scales (docs/decisions.md C9, D6).
 
 Direct mode (project default): input = target and source frames stacked, `[B, H, W, 6]`.
 Residual mode (GeoNet ResFlowNet's idea, `residual=True`): a second input carries the
@@ -12,7 +12,7 @@ Flow head: reflection pad -> 3x3 conv -> 2 channels, no activation, then GeoNet'
 scaling: x by 0.1 * W_s, y by 0.1 * H_s (W_s, H_s = that scale's size), so the conv
 predicts flow as a fraction of the image size and the output is in pixels of scale s.
 The head kernel starts small (`head_init_scale`) so that the initial flow is a few
-pixels (not tens), see docs/readme/models.md.
+pixels (not tens), see docs/models.md.
 
 No gin here; the configurable factory is `coopnet_tf.models.factory.build_flow_net`.
 """
@@ -43,7 +43,7 @@ def build_flow_model(
       height, width: input size, multiples of 32 (None = dynamic).
       num_layers: ResNet depth, 18, 34 or 50 (default 50).
       residual: ResFlowNet variant with a second (rigid) input; see module docstring.
-      decoder_channels: decoder widths per level (REFERENCE 11.5: [16..256]).
+      decoder_channels: decoder widths per level ([16..256], docs/decisions.md C9).
       flow_scale_factor: head output x factor x (W_s, H_s) gives pixels (GeoNet: 0.1).
       head_init_scale: variance scale of the head kernel (glorot = 1.0).
       name: model name.

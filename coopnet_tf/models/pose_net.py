@@ -1,4 +1,4 @@
-"""Pose network: ResNet on two stacked frames + Monodepth2 pose decoder (REFERENCE 11.3).
+"""Pose network: ResNet on two stacked frames + Monodepth2 pose decoder (docs/decisions.md C9).
 
 No gin here; the configurable factory is `coopnet_tf.models.factory.build_pose_net`.
 """

@@ -1,6 +1,6 @@
 """ResNet18/34/50 encoders in the torchvision layout, and their ImageNet initialisation.
 
-Why our own ResNets (REFERENCE 11.1): keras.applications has no ResNet18/34, and its
+Why our own ResNets (docs/decisions.md C9): keras.applications has no ResNet18/34, and its
 ResNet50 is the original Caffe v1 (stride 2 in the first 1x1 conv of a downsampling
 bottleneck) trained with "caffe" preprocessing (BGR, mean subtraction on 0-255). The
 networks of the field (Monodepth2, SC-SfMLearner, and the ImageNet weights they start

@@ -1,34 +1,36 @@
 """`train_and_evaluate(model_dir=...)`: the paper's training protocol (Sec. 4.4).
 
-The only gin-configurable function of the training package and the only place that knows
-the distribution strategy, the directories and the cadence:
+`train_and_evaluate` is the gin entry point: it resolves the data, fills a `TrainConfig`
+and drives a `Trainer`. The `Trainer` (built like TF-Agents' Learner: a small object around
+a config) owns everything else:
 
-* strategy (``distribution`` = default / mirrored / multi_worker), mixed precision, XLA;
-* networks, the two optimizers (built inside ``strategy.scope()`` before the first step
-  and before restoring), the apportionment strategy and its P² layer;
+* the strategy's scope (``distribution`` = default / mirrored / multi_worker), mixed
+  precision, XLA; networks, the two optimizers (built inside ``strategy.scope()`` before
+  the first step and before restoring), the apportionment strategy and its P² layer;
 * data: per epoch, ``make_dataset`` seeded by (seed, epoch) through
   ``strategy.distribute_datasets_from_function``, skipping the batches already consumed
   in that epoch on resume — so a resumed run sees the same batches as an uninterrupted
   one; every other per-step randomness is stateless in (seed, step);
-* the protocol: ``num_epochs`` (30), ``burn_in_epochs`` (5; Monodepth2 loss for D+T,
-  uniform flow weights; P² runs in the last burn-in epoch), quantiles frozen at each
-  epoch end and used during the next one, learning rate 1e-4 → 1e-5 after epoch 20 by
-  global step;
-* ``steps_per_loop`` steps per `tf.function` call (`tf.range` around ``strategy.run``);
-* checkpoints (`tf.train.CheckpointManager`: both nets... everything; last N, plus the
-  best by validation metric), TensorBoard summaries, the tqdm progress bar;
-* per-epoch validation: depth AbsRel / RMSE (median-scaled) on the validation split when
-  it has ground truth (the synthetic world), else the validation photometric loss.
+* the protocol, from `schedule.EpochSchedule`: the `Phase` of every step (burn-in, P²
+  estimation, a strategy's stages), quantiles frozen at each epoch end and used during
+  the next one; learning rate 1e-4 → 1e-5 after epoch 20 by global step;
+* ``train_until(step)``: ``steps_per_loop`` steps per `tf.function` call (`tf.range`
+  around ``strategy.run``), never crossing an epoch end, a phase change or a cadence;
+* ``write_summaries``: TensorBoard scalars (means since the last write), images and
+  histograms on a fixed validation batch; the tqdm progress bar;
+* ``end_epoch``: freeze the quantiles, validate, checkpoint (the best one by validation
+  metric kept apart);
+* ``evaluate``: depth AbsRel / RMSE (median-scaled) on the validation split when it has
+  ground truth (the synthetic world), else the validation photometric loss.
 
-Directory layout of ``model_dir``: ``checkpoints/`` (latest N), ``best/`` (best by
-validation), ``summaries/`` (TensorBoard), ``operative_config.gin``,
-``eval_<step>.json`` (validation results).
+Directory layout of ``model_dir``: `coopnet_tf.run_layout`.
 """
 import json
 import math
 import os
+import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional
 
 import gin
 import keras
@@ -36,53 +38,56 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from coopnet_tf import configurables, models, specs, summaries
-from coopnet_tf.data import pipeline
+from coopnet_tf import models, run_layout, specs, summaries
+from coopnet_tf.data import pipeline, records
 from coopnet_tf.eval import depth as depth_eval
-from coopnet_tf.losses import apportion
 from coopnet_tf.training import distribution as distribution_lib
-from coopnet_tf.training import optimizers
-from coopnet_tf.training.step import CoopTrainStep, Phase, StepOptions
+from coopnet_tf.training import factories, optimizers
+from coopnet_tf.training.schedule import EpochSchedule
+from coopnet_tf.training.step import CoopTrainStep, Phase
 
-OPERATIVE_CONFIG = "operative_config.gin"
-CHECKPOINT_SUBDIR = "checkpoints"
-BEST_SUBDIR = "best"
-SUMMARY_SUBDIR = "summaries"
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
+EVAL_SCALARS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")
+EVAL_PRINTED = ("abs_rel", "rmse", "a1")
+
+
+class TrainConfig(NamedTuple):
+    """Everything a `Trainer` needs besides the distribution strategy (see
+    `train_and_evaluate` for the meaning of each field)."""
+    model_dir: str
+    train_files: object
+    val_files: object = None
+    height: int = 128
+    width: int = 416
+    batch_size: int = 4
+    num_epochs: int = 30
+    steps_per_epoch: int = 1
+    burn_in_epochs: int = 5
+    quantile_estimation_epochs: int = 1
+    mixed_precision: Optional[str] = None
+    jit_compile: bool = False
+    steps_per_loop: int = 20
+    summary_every_steps: int = 100
+    image_every_steps: int = 1000
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    eval_batch_size: int = 8
+    max_eval_batches: Optional[int] = None
+    seed: int = 0
+    deterministic_data: bool = True
+    run_eagerly: bool = False
+    progress: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.num_epochs) * int(self.steps_per_epoch)
 
 
 # ------------------------------------------------------------------------ helpers ----
 
-def file_pattern(data_dir: str, split: str) -> str:
-    """Records of a split written by our converters / the synthetic world."""
-    return os.path.join(os.fspath(data_dir), f"{split}-*.tfrecord")
-
-
-def count_records(pattern) -> int:
-    """Number of snippets in the files of ``pattern`` (reads them once)."""
-    files = pipeline.list_files(pattern)
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(8, len(files)))
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-
-
-def records_have_ground_truth(pattern) -> bool:
-    """True when the first record carries a ground-truth depth map."""
-    files = pipeline.list_files(pattern)
-    for raw in tf.data.TFRecordDataset(files[:1]).take(1):
-        example = tf.train.Example.FromString(raw.numpy())
-        return specs.FEATURE_GT_DEPTH in example.features.feature
-    return False
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """Data seed of one epoch: a deterministic function of (seed, epoch)."""
     return int((int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2 ** 31 - 1))
-
-
-def phase_of_epoch(epoch: int, burn_in_epochs: int, estimation_epochs: int = 1) -> Phase:
-    """The static step phase of a 0-based epoch (REFERENCE defaults table #11)."""
-    use_quantiles, update = apportion.quantile_schedule(epoch, burn_in_epochs, estimation_epochs)
-    return Phase(burn_in=not use_quantiles, update_quantiles=bool(update))
 
 
 def _write_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
@@ -90,12 +95,13 @@ def _write_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
     if distribution_lib.is_chief(strategy):
         return model_dir
     resolver = strategy.cluster_resolver
-    return os.path.join(model_dir, "workertemp", f"{resolver.task_type}_{resolver.task_id}")
+    return os.path.join(model_dir, run_layout.WORKER_TEMP_SUBDIR,
+                        f"{resolver.task_type}_{resolver.task_id}")
 
 
 def write_operative_config(model_dir: str) -> str:
     """Writes ``gin.operative_config_str()`` to ``<model_dir>/operative_config.gin``."""
-    path = os.path.join(model_dir, OPERATIVE_CONFIG)
+    path = os.path.join(model_dir, run_layout.OPERATIVE_CONFIG)
     tf.io.gfile.makedirs(model_dir)
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
@@ -111,60 +117,84 @@ def build_networks(height: int, width: int):
             models.build_flow_net(height=height, width=width))
 
 
-class Trainer:
-    """Everything `train_and_evaluate` builds, for the loop and for tests.
+class Progress:
+    """The progress display: a tqdm bar on a terminal; without one (a log file, ``| cat``)
+    one plain line at every epoch end and at most one a minute in between."""
 
-    Holds the strategy, networks, optimizers, apportionment, the step, the counters and
-    the checkpoint. `train_and_evaluate` is a thin driver around it.
+    def __init__(self, total: int, initial: int, enabled: bool, interval: float = 60.0):
+        self.total, self.n, self.enabled = int(total), int(initial), bool(enabled)
+        self.losses: Dict[str, str] = {}
+        self.interval, self._last_line, self._start = interval, time.time(), time.time()
+        self._start_step = self.n
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step",
+                            dynamic_ncols=True)
+
+    def advance(self, num_steps: int, losses: Dict[str, float]) -> None:
+        self.n += num_steps
+        self.losses = summaries.format_postfix(losses)
+        if self.bar is not None:
+            self.bar.set_postfix(self.losses, refresh=False)
+            self.bar.update(num_steps)
+        elif self.enabled and time.time() - self._last_line >= self.interval:
+            self.line()
+
+    def line(self) -> None:
+        """One plain line (no terminal): steps, rate, the main losses."""
+        if self.bar is not None or not self.enabled:
+            return
+        now = time.time()
+        rate = (self.n - self._start_step) / max(now - self._start, 1e-9)
+        losses = " ".join(f"{k}={v}" for k, v in self.losses.items())
+        print(f"[train] step {self.n}/{self.total} ({rate:.2f} step/s) {losses}".rstrip(),
+              file=sys.stderr, flush=True)
+        self._last_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Networks, optimizers, apportionment, step, counters, checkpoints and summaries of
+    one run, and the protocol: `train_until`, `write_summaries`, `end_epoch`, `evaluate`.
     """
 
-    def __init__(self, model_dir: str, train_files, val_files, height: int, width: int,
-                 batch_size: int, num_epochs: int, steps_per_epoch: int, burn_in_epochs: int,
-                 quantile_estimation_epochs: int, strategy: tf.distribute.Strategy,
-                 mixed_precision: Optional[str], jit_compile: bool, steps_per_loop: int,
-                 keep_checkpoints: int, seed: int, deterministic_data: bool,
-                 run_eagerly: bool, eval_batch_size: int, max_eval_batches: Optional[int]):
-        self.model_dir = model_dir
-        self.write_dir = _write_dir(model_dir, strategy)
-        self.train_files, self.val_files = train_files, val_files
-        self.height, self.width = int(height), int(width)
-        self.batch_size = int(batch_size)
-        self.num_epochs = int(num_epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.burn_in_epochs = int(burn_in_epochs)
-        self.quantile_estimation_epochs = int(quantile_estimation_epochs)
+    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy):
+        self.config = config
         self.strategy = strategy
-        self.steps_per_loop = max(1, int(steps_per_loop))
-        self.seed = int(seed)
-        self.deterministic_data = bool(deterministic_data)
-        self.run_eagerly = bool(run_eagerly)
-        self.eval_batch_size = int(eval_batch_size)
-        self.max_eval_batches = max_eval_batches
+        self.model_dir = config.model_dir
+        self.write_dir = _write_dir(config.model_dir, strategy)
         self.is_chief = distribution_lib.is_chief(strategy)
-        if self.batch_size % strategy.num_replicas_in_sync:
-            raise ValueError(f"batch_size {batch_size} is not divisible by the "
+        if config.batch_size % strategy.num_replicas_in_sync:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                              f"{strategy.num_replicas_in_sync} replicas")
-        if mixed_precision not in MIXED_PRECISION_POLICIES:
+        if config.mixed_precision not in MIXED_PRECISION_POLICIES:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_POLICIES}")
-        keras.mixed_precision.set_global_policy(mixed_precision or "float32")
-        loss_scale = mixed_precision == "mixed_float16"
+        keras.mixed_precision.set_global_policy(config.mixed_precision or "float32")
+        loss_scale = config.mixed_precision == "mixed_float16"
+        self.steps_per_loop = max(1, int(config.steps_per_loop))
 
         with strategy.scope():
-            self.depth_net, self.pose_net, self.flow_net = build_networks(self.height, self.width)
+            self.depth_net, self.pose_net, self.flow_net = build_networks(
+                config.height, config.width)
             with gin.config_scope("depth_pose"):
                 dp_opt = optimizers.make_optimizer(loss_scale=loss_scale, name="adam_depth_pose")
                 self.lr_schedule_depth_pose = optimizers.make_learning_rate_schedule(
-                    self.steps_per_epoch)
+                    config.steps_per_epoch)
             with gin.config_scope("flow"):
                 f_opt = optimizers.make_optimizer(loss_scale=loss_scale, name="adam_flow")
-                self.lr_schedule_flow = optimizers.make_learning_rate_schedule(self.steps_per_epoch)
-            self.apportionment = configurables.make_apportionment()
-            options = configurables.step_options()._replace(jit_compile=bool(jit_compile),
-                                                            seed=self.seed)
+                self.lr_schedule_flow = optimizers.make_learning_rate_schedule(
+                    config.steps_per_epoch)
+            self.apportionment = factories.make_apportionment()
+            options = factories.step_options()._replace(jit_compile=bool(config.jit_compile),
+                                                        seed=int(config.seed))
             self.step = CoopTrainStep(
                 self.depth_net, self.pose_net, self.flow_net, dp_opt, f_opt, self.apportionment,
-                weights=configurables.loss_weights(), options=options,
-                global_batch_size=self.batch_size)
+                weights=factories.loss_weights(), options=options,
+                global_batch_size=config.batch_size)
             self.step.build()
             self.global_step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="global_step",
@@ -175,6 +205,9 @@ class Trainer:
                                            name="best_metric",
                                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.depth_pose_optimizer, self.flow_optimizer = dp_opt, f_opt
+        self.schedule = EpochSchedule(config.steps_per_epoch, config.burn_in_epochs,
+                                      config.quantile_estimation_epochs,
+                                      stages=self.apportionment.stages)
 
         self.checkpoint = tf.train.Checkpoint(
             depth_net=self.depth_net, pose_net=self.pose_net, flow_net=self.flow_net,
@@ -183,23 +216,30 @@ class Trainer:
             nonfinite_steps=self.step.nonfinite_steps,
             **self.apportionment.checkpoint_items())
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.write_dir, CHECKPOINT_SUBDIR),
-            max_to_keep=keep_checkpoints, step_counter=self.global_step)
+            self.checkpoint, os.path.join(self.write_dir, run_layout.CHECKPOINT_SUBDIR),
+            max_to_keep=config.keep_checkpoints, step_counter=self.global_step)
         self.best_manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.write_dir, BEST_SUBDIR), max_to_keep=1,
-            step_counter=self.global_step)
+            self.checkpoint, os.path.join(self.write_dir, run_layout.BEST_SUBDIR),
+            max_to_keep=1, step_counter=self.global_step)
         self._loop_fns: Dict[Phase, object] = {}
         self._diag_fns: Dict[Phase, object] = {}
         self._predict_fn = None
+        self.metrics: Dict[str, float] = {}   # the last validation result
+        self._summary_sums: Dict[str, float] = {}
+        self._summary_steps = 0
+        self._last_summary = 0
+        self._wrote_config = False
 
     # ------------------------------------------------------------- checkpoints ----
     def restore(self) -> Optional[str]:
         """Restores the latest checkpoint of ``model_dir`` if there is one (every worker
         restores the chief's checkpoint)."""
-        path = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_SUBDIR))
+        path = tf.train.latest_checkpoint(
+            os.path.join(self.model_dir, run_layout.CHECKPOINT_SUBDIR))
         if path:
             self.checkpoint.restore(path).assert_existing_objects_matched()
             logging.info("restored %s (step %d)", path, int(self.global_step.numpy()))
+        self._last_summary = int(self.global_step.numpy())
         return path
 
     def save(self, best: bool = False) -> str:
@@ -211,26 +251,41 @@ class Trainer:
     # -------------------------------------------------------------------- data ----
     def train_iterator(self, epoch: int, skip: int):
         """Distributed iterator over epoch ``epoch``'s batches, first ``skip`` skipped."""
+        cfg = self.config
+
         def dataset_fn(input_context):
             ds = pipeline.make_dataset(
-                self.train_files, batch_size=self.batch_size, height=self.height,
-                width=self.width, training=True, seed=epoch_seed(self.seed, epoch),
-                deterministic=self.deterministic_data, input_context=input_context)
+                cfg.train_files, batch_size=cfg.batch_size, height=cfg.height,
+                width=cfg.width, training=True, seed=epoch_seed(cfg.seed, epoch),
+                deterministic=cfg.deterministic_data, input_context=input_context)
             return ds.skip(skip) if skip else ds
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def eval_dataset(self, with_ground_truth: bool):
+        cfg = self.config
         return pipeline.make_dataset(
-            self.val_files, batch_size=self.eval_batch_size, height=self.height,
-            width=self.width, training=False, with_ground_truth=with_ground_truth,
+            cfg.val_files, batch_size=cfg.eval_batch_size, height=cfg.height,
+            width=cfg.width, training=False, with_ground_truth=with_ground_truth,
             deterministic=True)
+
+    def prepare_outputs(self) -> None:
+        """Summary writer, whether validation has ground truth, the image batch."""
+        cfg = self.config
+        self.writer = (tf.summary.create_file_writer(
+            os.path.join(self.write_dir, run_layout.SUMMARY_SUBDIR)) if self.is_chief
+            else tf.summary.create_noop_writer())
+        self.has_ground_truth = bool(cfg.val_files) and records.has_ground_truth(cfg.val_files)
+        self.diag_batch = None
+        if cfg.val_files:
+            batch = next(iter(self.eval_dataset(False).take(1)))
+            self.diag_batch = {k: v[:min(4, cfg.batch_size)] for k, v in batch.items()}
 
     # -------------------------------------------------------------- functions ----
     def _one_step(self, iterator, phase: Phase):
         step = self.global_step.read_value()
         optimizers.set_learning_rate(self.depth_pose_optimizer, self.lr_schedule_depth_pose(step))
         optimizers.set_learning_rate(self.flow_optimizer, self.lr_schedule_flow(step))
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), step])
         batch = next(iterator)
         per_replica = self.strategy.run(
             lambda b, s: self.step.train_step(b, phase, s), args=(batch, seed))
@@ -243,7 +298,7 @@ class Trainer:
         """``fn(iterator, num_steps) -> {name: sum over the steps}`` for this phase."""
         if phase in self._loop_fns:
             return self._loop_fns[phase]
-        if self.run_eagerly:
+        if self.config.run_eagerly:
             def fn(iterator, num_steps):
                 sums = None
                 for _ in range(int(num_steps)):
@@ -269,12 +324,13 @@ class Trainer:
     def diagnostics_fn(self, phase: Phase):
         """``fn(batch) -> (losses, images, histograms)`` without any update (one trace per
         burn-in / CoopNet phase)."""
-        phase = Phase(burn_in=phase.burn_in, update_quantiles=False)
+        phase = phase._replace(update_quantiles=False)
         if phase not in self._diag_fns:
             def fn(batch):
-                seed = tf.stack([tf.constant(self.seed, tf.int64), self.global_step.read_value()])
+                seed = tf.stack([tf.constant(self.config.seed, tf.int64),
+                                 self.global_step.read_value()])
                 return self.step.diagnostics(batch, phase, seed)
-            self._diag_fns[phase] = fn if self.run_eagerly else tf.function(fn)
+            self._diag_fns[phase] = fn if self.config.run_eagerly else tf.function(fn)
         return self._diag_fns[phase]
 
     def predict_disparity(self, images):
@@ -285,16 +341,125 @@ class Trainer:
             def fn(x):
                 sigmoid = tf.cast(self.depth_net(x, training=False)[0], tf.float32)
                 return models.disp_to_depth(sigmoid, opts.min_depth, opts.max_depth)[0]
-            self._predict_fn = fn if self.run_eagerly else tf.function(fn)
+            self._predict_fn = fn if self.config.run_eagerly else tf.function(fn)
         return self._predict_fn(images)
 
+    # ---------------------------------------------------------------- training ----
+    def _chunk(self, step: int, stop: int) -> int:
+        """Steps of the next `tf.function` call: within the phase, the stop and every
+        cadence."""
+        cfg = self.config
+        n = min(self.steps_per_loop, self.schedule.next_change(step) - step, stop - step)
+        for cadence in (cfg.summary_every_steps, cfg.checkpoint_every_steps,
+                        cfg.image_every_steps):
+            if cadence:
+                n = min(n, cadence - step % cadence)
+        return n
+
+    def train_until(self, stop_step: int) -> int:
+        """Trains until the global step reaches ``min(stop_step, total steps)``: summaries,
+        checkpoints and `end_epoch` on their cadences. Returns the global step."""
+        cfg = self.config
+        spe = cfg.steps_per_epoch
+        stop = min(int(stop_step), cfg.total_steps)
+        step = int(self.global_step.numpy())
+        bar = Progress(cfg.total_steps, step, cfg.progress and self.is_chief)
+        try:
+            while step < stop:
+                epoch, offset = divmod(step, spe)
+                if offset == 0:
+                    self.apportionment.start_epoch()
+                self.epoch.assign(epoch)
+                iterator = self.train_iterator(epoch, offset)
+                epoch_end = min((epoch + 1) * spe, stop)
+                while step < epoch_end:
+                    phase = self.schedule.phase(step)
+                    n = self._chunk(step, epoch_end)
+                    t0 = time.time()
+                    sums = self.loop_fn(phase)(iterator, tf.constant(n, tf.int64))
+                    sums = {k: float(v) for k, v in sums.items()}
+                    elapsed = time.time() - t0
+                    step += n
+                    bar.advance(n, {k.split("/", 1)[1]: v / n for k, v in sums.items()
+                                    if k.startswith("losses/")})
+                    if not self._wrote_config and self.is_chief:
+                        write_operative_config(cfg.model_dir)
+                        self._wrote_config = True
+                    self.write_summaries(step, sums, n, elapsed, phase)
+                    if step % spe == 0:
+                        break
+                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                        self.save()
+                if step % spe == 0 and step > 0:
+                    bar.line()
+                    self.end_epoch()
+                elif step >= stop:
+                    self.save()
+        finally:
+            bar.close()
+            self.writer.flush()
+        return step
+
+    def write_summaries(self, step: int, sums: Dict[str, float], num_steps: int,
+                        elapsed: float, phase: Phase) -> None:
+        """Accumulates a call's loss sums; writes their means (plus learning rates,
+        skipped steps, throughput) every ``summary_every_steps``, and images and
+        histograms of the fixed validation batch every ``image_every_steps``."""
+        cfg = self.config
+        for k, v in sums.items():
+            self._summary_sums[k] = self._summary_sums.get(k, 0.0) + v
+        self._summary_steps += num_steps
+        if not self.is_chief:
+            return
+        every = cfg.summary_every_steps
+        if every and step - self._last_summary >= every:
+            with self.writer.as_default():
+                for prefix, values in _scalar_groups(self._summary_sums,
+                                                     self._summary_steps).items():
+                    summaries.write_scalars(values, step, prefix=prefix)
+                summaries.write_scalars({
+                    "learning_rate_depth_pose": float(optimizers.current_learning_rate(
+                        self.depth_pose_optimizer)),
+                    "learning_rate_flow": float(optimizers.current_learning_rate(
+                        self.flow_optimizer)),
+                    "nonfinite_steps": float(self.step.nonfinite_steps.numpy()),
+                    "steps_per_second": num_steps / max(elapsed, 1e-9),
+                    "epoch": float((step - 1) // cfg.steps_per_epoch),
+                    "burn_in": float(phase.burn_in),
+                }, step, prefix="train")
+            self._last_summary = step
+            self._summary_sums, self._summary_steps = {}, 0
+        if self.diag_batch is not None and cfg.image_every_steps and \
+                step % cfg.image_every_steps == 0:
+            _, images, hists = self.diagnostics_fn(phase)(self.diag_batch)
+            with self.writer.as_default():
+                summaries.write_images(images, step)
+                summaries.write_histograms(hists, step)
+
+    def end_epoch(self) -> None:
+        """Epoch end: freeze the quantiles, validate, checkpoint (and keep it as the best
+        when the validation metric improved)."""
+        step = int(self.global_step.numpy())
+        self.apportionment.end_epoch()
+        self.epoch.assign(step // self.config.steps_per_epoch)
+        best = False
+        if self.config.val_files:
+            self.metrics = self.evaluate()
+            key = "abs_rel" if self.has_ground_truth else "val_photo_theta_alpha"
+            value = self.metrics.get(key, float("nan"))
+            if math.isfinite(value) and value < float(self.best_metric.numpy()):
+                self.best_metric.assign(value)
+                best = True
+            self.log_eval(self.metrics, step, f"epoch {step // self.config.steps_per_epoch}")
+        self.save(best=best)
+
     # -------------------------------------------------------------- evaluation ----
-    def evaluate(self, has_ground_truth: bool) -> Dict[str, float]:
+    def evaluate(self) -> Dict[str, float]:
         """Validation: median-scaled depth metrics with GT, else the photometric loss."""
-        ds = self.eval_dataset(has_ground_truth)
-        if self.max_eval_batches:
-            ds = ds.take(self.max_eval_batches)
-        if has_ground_truth:
+        ds = self.eval_dataset(self.has_ground_truth)
+        if self.config.max_eval_batches:
+            ds = ds.take(self.config.max_eval_batches)
+        if self.has_ground_truth:
             gts, disps = [], []
             for batch in ds:
                 target = batch[specs.KEY_FRAMES][:, specs.TARGET_INDEX]
@@ -313,12 +478,27 @@ class Trainer:
             count += 1
         return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
 
+    def log_eval(self, result: Dict[str, float], at_step: int, tag: str) -> None:
+        """Validation result -> TensorBoard ``eval/``, ``eval_<step>.json``, one line."""
+        if not self.is_chief:
+            return
+        with self.writer.as_default():
+            summaries.write_scalars({k: v for k, v in result.items()
+                                     if k in EVAL_SCALARS or k.startswith("val_")},
+                                    at_step, prefix="eval")
+        with tf.io.gfile.GFile(run_layout.eval_json(self.write_dir, at_step), "w") as f:
+            json.dump({"step": at_step, "tag": tag, **result}, f, indent=2, sort_keys=True)
+        main = {k: round(v, 4) for k, v in result.items()
+                if k in EVAL_PRINTED or k.startswith("val_photo")}
+        logging.info("validation (%s, step %d): %s", tag, at_step, main)
+        print(f"[eval] {tag} step {at_step}: {main}", flush=True)
+
 
 def validation_history(model_dir: str) -> str:
     """One line from the run's ``eval_<step>.json`` files, e.g. ``abs_rel 0.595 (step 0,
     untrained) -> 0.504 (90) -> 0.409 (450); best 0.395 (step 360)``; '' when none."""
     results = []
-    for path in tf.io.gfile.glob(os.path.join(model_dir, "eval_*.json")):
+    for path in tf.io.gfile.glob(os.path.join(model_dir, run_layout.EVAL_JSON_GLOB)):
         with tf.io.gfile.GFile(path) as f:
             results.append(json.load(f))
     if not results:
@@ -333,12 +513,24 @@ def validation_history(model_dir: str) -> str:
     return f"{key} " + " -> ".join(parts) + f"; best {best[key]:.3f} (step {best['step']})"
 
 
-def _scalar_groups(sums: Dict[str, tf.Tensor], num_steps: int):
+def _scalar_groups(sums: Dict[str, float], num_steps: int):
     groups: Dict[str, Dict[str, float]] = {}
     for key, value in sums.items():
         prefix, _, name = key.partition("/")
         groups.setdefault(prefix, {})[name] = float(value) / num_steps
     return groups
+
+
+def resolve_files(data_dir, train_files, val_files):
+    """(train pattern, validation pattern or None) from ``data_dir`` or explicit globs."""
+    if train_files is None:
+        if data_dir is None:
+            raise ValueError("give train_and_evaluate.data_dir or train_and_evaluate.train_files")
+        train_files = records.file_pattern(data_dir, "train")
+    if val_files is None and data_dir is not None:
+        candidate = records.file_pattern(data_dir, "val")
+        val_files = candidate if tf.io.gfile.glob(candidate) else None
+    return train_files, val_files
 
 
 @gin.configurable
@@ -384,7 +576,7 @@ def train_and_evaluate(
       batch_size: GLOBAL batch size (paper: 4), divided among the replicas.
       num_epochs: 30 (paper).
       steps_per_epoch: optimizer steps per epoch; None = one pass over the training split
-        (REFERENCE defaults table #12).
+        (docs/decisions.md D12).
       burn_in_epochs: 5 (paper); 0 disables the burn-in.
       quantile_estimation_epochs: P² runs during the last this-many burn-in epochs.
       distribution: "default", "mirrored" or "multi_worker" (`training/distribution.py`).
@@ -409,150 +601,38 @@ def train_and_evaluate(
     Returns:
       The last validation metrics (plus ``step``, ``epoch``, ``nonfinite_steps``).
     """
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-
-    strategy = configurables.make_distribution_strategy(distribution)
+    strategy = factories.make_distribution_strategy(distribution)
     keras.utils.set_random_seed(int(seed))   # reproducible initialisation
-    if train_files is None:
-        if data_dir is None:
-            raise ValueError("give train_and_evaluate.data_dir or train_and_evaluate.train_files")
-        train_files = file_pattern(data_dir, "train")
-    if val_files is None and data_dir is not None:
-        candidate = file_pattern(data_dir, "val")
-        val_files = candidate if tf.io.gfile.glob(candidate) else None
+    train_files, val_files = resolve_files(data_dir, train_files, val_files)
     if steps_per_epoch is None:
-        num_records = count_records(train_files)
+        num_records = records.count_records(train_files)
         steps_per_epoch = max(1, num_records // batch_size)
         logging.info("%d training snippets -> %d steps per epoch", num_records, steps_per_epoch)
-    total_steps = int(num_epochs) * int(steps_per_epoch)
+    config = TrainConfig(
+        model_dir=model_dir, train_files=train_files, val_files=val_files, height=int(height),
+        width=int(width), batch_size=int(batch_size), num_epochs=int(num_epochs),
+        steps_per_epoch=int(steps_per_epoch), burn_in_epochs=int(burn_in_epochs),
+        quantile_estimation_epochs=int(quantile_estimation_epochs),
+        mixed_precision=mixed_precision, jit_compile=bool(jit_compile),
+        steps_per_loop=int(steps_per_loop), summary_every_steps=summary_every_steps,
+        image_every_steps=image_every_steps, checkpoint_every_steps=checkpoint_every_steps,
+        keep_checkpoints=keep_checkpoints, eval_batch_size=int(eval_batch_size),
+        max_eval_batches=max_eval_batches, seed=int(seed),
+        deterministic_data=bool(deterministic_data), run_eagerly=bool(run_eagerly),
+        progress=bool(progress))
 
-    trainer = Trainer(
-        model_dir, train_files, val_files, height, width, batch_size, num_epochs,
-        steps_per_epoch, burn_in_epochs, quantile_estimation_epochs, strategy, mixed_precision,
-        jit_compile, steps_per_loop, keep_checkpoints, seed, deterministic_data, run_eagerly,
-        eval_batch_size, max_eval_batches)
+    trainer = Trainer(config, strategy)
     restored = trainer.restore()
-    chief = trainer.is_chief
-    writer = tf.summary.create_file_writer(
-        os.path.join(trainer.write_dir, SUMMARY_SUBDIR)) if chief else tf.summary.create_noop_writer()
-    has_gt = bool(val_files) and records_have_ground_truth(val_files)
-    diag_batch = None
-    if val_files:
-        diag_batch = next(iter(trainer.eval_dataset(False).take(1)))
-        diag_batch = {k: v[:min(4, batch_size)] for k, v in diag_batch.items()}
-    spe = trainer.steps_per_epoch
-    step = int(trainer.global_step.numpy())
-    metrics: Dict[str, float] = {}
-
-    def log_eval(result: Dict[str, float], at_step: int, tag: str):
-        if not chief:
-            return
-        with writer.as_default():
-            summaries.write_scalars({k: v for k, v in result.items()
-                                     if k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")
-                                     or k.startswith("val_")}, at_step, prefix="eval")
-        with tf.io.gfile.GFile(os.path.join(trainer.write_dir, f"eval_{at_step}.json"), "w") as f:
-            json.dump({"step": at_step, "tag": tag, **result}, f, indent=2, sort_keys=True)
-        main = {k: round(v, 4) for k, v in result.items()
-                if k in ("abs_rel", "rmse", "a1") or k.startswith("val_photo")}
-        logging.info("validation (%s, step %d): %s", tag, at_step, main)
-        print(f"[eval] {tag} step {at_step}: {main}", flush=True)
-
+    trainer.prepare_outputs()
     if restored is None and evaluate_before_training and val_files:
-        metrics = trainer.evaluate(has_gt)
-        log_eval(metrics, 0, "untrained")
-
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
-               disable=not (progress and chief), dynamic_ncols=True)
-    wrote_config = False
-    last_summary = step
-    acc_sums: Dict[str, float] = {}
-    acc_steps = 0
+        trainer.metrics = trainer.evaluate()
+        trainer.log_eval(trainer.metrics, 0, "untrained")
     start_time = time.time()
-    try:
-        while step < total_steps and (stop_at_step is None or step < stop_at_step):
-            epoch = step // spe
-            offset = step - epoch * spe
-            phase = phase_of_epoch(epoch, trainer.burn_in_epochs,
-                                   trainer.quantile_estimation_epochs)
-            if offset == 0:
-                trainer.apportionment.start_epoch()
-            trainer.epoch.assign(epoch)
-            iterator = trainer.train_iterator(epoch, offset)
-            loop_fn = trainer.loop_fn(phase)
-            epoch_end = (epoch + 1) * spe
-            while step < epoch_end and (stop_at_step is None or step < stop_at_step):
-                n = min(trainer.steps_per_loop, epoch_end - step)
-                if stop_at_step is not None:
-                    n = min(n, stop_at_step - step)
-                for cadence in (summary_every_steps, checkpoint_every_steps, image_every_steps):
-                    if cadence:
-                        n = min(n, cadence - step % cadence)
-                t0 = time.time()
-                sums = loop_fn(iterator, tf.constant(n, tf.int64))
-                sums = {k: float(v) for k, v in sums.items()}
-                elapsed = time.time() - t0
-                step += n
-                bar.update(n)
-                for k, v in sums.items():
-                    acc_sums[k] = acc_sums.get(k, 0.0) + v
-                acc_steps += n
-                if not wrote_config and chief:
-                    write_operative_config(model_dir)
-                    wrote_config = True
-                bar.set_postfix(summaries.format_postfix(
-                    {k.split("/", 1)[1]: v / n for k, v in sums.items() if k.startswith("losses/")}))
-                if chief and summary_every_steps and step - last_summary >= summary_every_steps:
-                    with writer.as_default():
-                        for prefix, values in _scalar_groups(acc_sums, acc_steps).items():
-                            summaries.write_scalars(values, step, prefix=prefix)
-                        summaries.write_scalars({
-                            "learning_rate_depth_pose": float(optimizers.current_learning_rate(
-                                trainer.depth_pose_optimizer)),
-                            "learning_rate_flow": float(optimizers.current_learning_rate(
-                                trainer.flow_optimizer)),
-                            "nonfinite_steps": float(trainer.step.nonfinite_steps.numpy()),
-                            "steps_per_second": n / max(elapsed, 1e-9),
-                            "epoch": float(epoch),
-                            "burn_in": float(phase.burn_in),
-                        }, step, prefix="train")
-                    last_summary = step
-                    acc_sums, acc_steps = {}, 0
-                if chief and diag_batch is not None and image_every_steps and \
-                        step % image_every_steps == 0:
-                    _, images, hists = trainer.diagnostics_fn(phase)(diag_batch)
-                    with writer.as_default():
-                        summaries.write_images(images, step)
-                        summaries.write_histograms(hists, step)
-                if step % spe == 0:
-                    break
-                if checkpoint_every_steps and step % checkpoint_every_steps == 0:
-                    trainer.save()
-            if step % spe == 0 and step > 0:
-                # epoch end: freeze the quantiles, validate, checkpoint.
-                trainer.apportionment.end_epoch()
-                trainer.epoch.assign(step // spe)
-                best = False
-                if val_files:
-                    metrics = trainer.evaluate(has_gt)
-                    key = "abs_rel" if has_gt else "val_photo_theta_alpha"
-                    value = metrics.get(key, float("nan"))
-                    if math.isfinite(value) and value < float(trainer.best_metric.numpy()):
-                        trainer.best_metric.assign(value)
-                        best = True
-                    log_eval(metrics, step, f"epoch {step // spe}")
-                trainer.save(best=best)
-            elif stop_at_step is not None and step >= stop_at_step:
-                trainer.save()
-    finally:
-        bar.close()
-        writer.flush()
-    if chief:
+    step = trainer.train_until(config.total_steps if stop_at_step is None else stop_at_step)
+    if trainer.is_chief:
         logging.info("trained %d steps in %.1f s", step, time.time() - start_time)
         history = validation_history(trainer.write_dir)
         if history:
             print("[eval] history: " + history, flush=True)
-    metrics = dict(metrics)
-    metrics.update(step=step, epoch=step // spe,
-                   nonfinite_steps=int(trainer.step.nonfinite_steps.numpy()))
-    return metrics
+    return dict(trainer.metrics, step=step, epoch=step // config.steps_per_epoch,
+                nonfinite_steps=int(trainer.step.nonfinite_steps.numpy()))

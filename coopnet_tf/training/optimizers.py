@@ -1,7 +1,7 @@
 """gin factories for the two Adam optimizers and the piecewise learning-rate schedule.
 
 The paper (Sec. 4.4): Adam, beta1 = 0.99 (as printed; the project default is 0.9, see the
-REFERENCE defaults table #5), beta2 = 0.999, lr 1e-4 for 20 epochs then 1e-5, 30 epochs.
+docs/decisions.md D5), beta2 = 0.999, lr 1e-4 for 20 epochs then 1e-5, 30 epochs.
 The depth+pose optimizer and the flow optimizer are built by the same factory; gin scopes
 `depth_pose/` and `flow/` configure them separately, e.g.::
 
@@ -12,7 +12,7 @@ The schedule is a function of the loop's single step counter (batches consumed),
 `optimizer.iterations`, so that a skipped non-finite step, which leaves the optimizer
 untouched, does not shift the schedule, and a resumed run is at the same position.
 """
-from typing import Optional, Sequence
+from typing import Sequence
 
 import gin
 import keras
@@ -58,7 +58,7 @@ def make_optimizer(
 
     Args:
       learning_rate: initial value of the learning-rate variable.
-      beta_1: 0.9 by default (REFERENCE defaults #5); 0.99 is the paper's printed value.
+      beta_1: 0.9 by default (docs/decisions.md D5); 0.99 is the paper's printed value.
       beta_2: 0.999.
       epsilon: Adam epsilon.
       loss_scale: wrap in `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling, for
@@ -72,13 +72,6 @@ def make_optimizer(
     return optimizer
 
 
-def learning_rate_variable(optimizer: keras.optimizers.Optimizer) -> tf.Variable:
-    """The learning-rate variable of an optimizer (unwrapping a LossScaleOptimizer)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    variable = inner._learning_rate  # pylint: disable=protected-access
-    return getattr(variable, "value", variable) if not isinstance(variable, tf.Variable) else variable
-
-
 def set_learning_rate(optimizer: keras.optimizers.Optimizer, value) -> None:
     """Assigns ``value`` to the optimizer's learning-rate variable (graph-safe)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
@@ -89,17 +82,3 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
     """The optimizer's current learning rate as a float32 tensor."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return tf.cast(tf.convert_to_tensor(inner._learning_rate), tf.float32)  # pylint: disable=protected-access
-
-
-def build_optimizer(optimizer: keras.optimizers.Optimizer, variables) -> None:
-    """Creates the optimizer's slot variables now (inside the strategy scope).
-
-    Keras 3 optimizers that are first built inside `strategy.run` fail (keras#23085); a
-    checkpoint restore also needs the slots to exist to restore them eagerly.
-    """
-    optimizer.build(list(variables))
-
-
-def optimizer_steps(optimizer: Optional[keras.optimizers.Optimizer]) -> tf.Tensor:
-    """Number of updates the optimizer applied (skipped non-finite steps excluded)."""
-    return tf.convert_to_tensor(optimizer.iterations)

@@ -1,10 +1,10 @@
 """The CoopNet training step: one forward pass, two tapes, two optimizers.
 
-Per replica and step (REFERENCE.md 7.4):
+Per replica and step (docs/decisions.md D2, D11):
 
 1. Forward. Depth on the target (and on the sources when L_gc is on or the flow net is
    residual); pose per source, the pair fed in temporal order and inverted for t−1
-   (REFERENCE 1.3a); flow F_{t→s} and F_{s→t} for both sources in ONE flow-net call
+   (docs/decisions.md C3); flow F_{t→s} and F_{s→t} for both sources in ONE flow-net call
    (batch of 4·B pairs).
 2. Warps, all at full resolution (Monodepth2): every depth scale's disparity is
    upsampled to H×W, converted to depth and used for the rigid warp of each source;
@@ -28,7 +28,7 @@ Per replica and step (REFERENCE.md 7.4):
    (`LossWeights.smooth_flow`), and a photometric term for F_{s→t}
    (`StepOptions.backward_flow_photometric`: the target warped into each source's grid,
    uniform weights on the source pixels visible in t, added to L_photo_F(s)).
-   L_gc, L_ep, L_var are off during burn-in (REFERENCE defaults table #11).
+   L_gc, L_ep, L_var are off during burn-in (docs/decisions.md D11).
 6. Two `GradientTape`s with `watch_accessed_variables=False` and explicit `watch`:
    L_θ,α → depth+pose variables (Adam #1), L_δ → flow variables (Adam #2).
 7. Non-finite guard: if any loss or gradient is non-finite on any replica, BOTH updates
@@ -38,7 +38,7 @@ Per replica and step (REFERENCE.md 7.4):
 Nothing here knows the distribution strategy, the step cadence or the directories;
 `training/loop.py` does. The step runs inside `strategy.run` (replica context).
 """
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -67,9 +67,10 @@ class LossWeights(NamedTuple):
 
 
 class Phase(NamedTuple):
-    """Static (trace-time) switches of the step for the current epoch."""
+    """Static (trace-time) switches of the step, from `training.schedule.EpochSchedule`."""
     burn_in: bool = False            # Monodepth2 / uniform-flow losses, no gc/ep/var
     update_quantiles: bool = True    # feed the P² estimators this epoch
+    stage: str = ""                  # a strategy's own sub-phase (schedule.Stages); "" = none
 
 
 class StepOptions(NamedTuple):
@@ -249,7 +250,7 @@ class CoopTrainStep:
 
     def _term_on(self, term: str, phase: Phase) -> bool:
         """L_gc / L_ep / L_var: on after the burn-in, and during it only when listed in
-        `StepOptions.burn_in_terms` (REFERENCE defaults table #11: off)."""
+        `StepOptions.burn_in_terms` (docs/decisions.md D11: off)."""
         return not phase.burn_in or term in self.options.burn_in_terms
 
     # ------------------------------------------------------------- variables ----
@@ -324,7 +325,7 @@ class CoopTrainStep:
         out["disparities"] = [d[:b] for d in disps]
         out["depths"] = depths
 
-        # 1b. pose: (I_{t-1}, I_t) -> inverted; (I_t, I_{t+1}) -> direct (REFERENCE 1.3a).
+        # 1b. pose: (I_{t-1}, I_t) -> inverted; (I_t, I_{t+1}) -> direct (docs/decisions.md C3).
         pairs = [tf.concat([src, target_aug] if i < t_idx else [target_aug, src], -1)
                  for i, src in zip(specs.SOURCE_INDICES, sources_aug)]
         vectors = tf.cast(self.pose_net(tf.concat(pairs, 0), training=training), tf.float32)
@@ -358,7 +359,7 @@ class CoopTrainStep:
         #    source pixels visible in t (from F_{t->s}), one splatting call.
         non_occ = tf.stop_gradient(consistency.non_occluded_mask(
             tf.concat([flow_bw[0], flow_fw[0]], 0), opts.occlusion_threshold))
-        non_occ_t, non_occ_s = non_occ[:sb], non_occ[sb:]
+        non_occ_t = non_occ[:sb]   # (non_occ[sb:]: source pixels visible in t, unused)
         out["non_occluded"] = _to_batch_source(non_occ_t, num_src)
 
         # 2. warps and Φ maps at full resolution, every (scale, source) in one call each.
@@ -466,16 +467,16 @@ class CoopTrainStep:
             _, weight_bw = apportion.uniform_weights(fwd["non_occluded_source"] > 0.5)
         for scale in range(num_scales):
             scale_seed = tf.random.experimental.stateless_fold_in(seed, scale)
-            ld = apportion.rigid_photometric_loss(
+            ld = photometric.rigid_photometric_loss(
                 fwd["phi_rigid"][scale], fwd["phi_identity"] if opts.automask else None,
                 app.rigid_mask,
                 app.rigid_normalisation, seed=scale_seed)
-            lf = apportion.flow_photometric_loss(fwd["phi_flow"][scale], app.flow_weight)
+            lf = photometric.flow_photometric_loss(fwd["phi_flow"][scale], app.flow_weight)
             photo_d.append(ld)
             photo_f.append(lf)
             td, tf_ = ld, lf
             if "phi_flow_backward" in fwd:
-                photo_f_bw.append(apportion.flow_photometric_loss(
+                photo_f_bw.append(photometric.flow_photometric_loss(
                     fwd["phi_flow_backward"][scale], weight_bw))
                 tf_ = tf_ + photo_f_bw[-1]
             if w.smooth > 0:
@@ -642,11 +643,6 @@ class CoopTrainStep:
         }
         histograms = dict(app.histograms)
         return losses, images, histograms
-
-
-def split_losses(losses: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(L_θ,α total, L_δ total) of a `compute_losses` dict."""
-    return losses["total_theta_alpha"], losses["total_delta"]
 
 
 def gradient_routing(step: CoopTrainStep, batch, phase: Phase, seed) -> Dict[str, List]:

@@ -1,4 +1,4 @@
-"""gin registrations and small factories at the edges of the library.
+"""gin factories of the training package: what a config file names besides the networks.
 
 Importing this module registers every configurable a config file may name:
 
@@ -10,7 +10,9 @@ Importing this module registers every configurable a config file may name:
   ``coopnet``) and its options, e.g. ``make_apportionment.name = 'glnet_min'``,
   ``make_apportionment.use_flow_prior = False``, ``make_apportionment.flow_weighting =
   'eq11'``;
-* ``loss_weights`` — THE table of auxiliary loss weights (λ_gc, λ_fb, λ_s, λ_ep, λ_var);
+* ``loss_weights`` — the auxiliary loss weights (λ_gc, λ_fb, λ_s, λ_ep, λ_var); their
+  defaults are `step.LossWeights`'s;
+* ``step_options`` — the step's static options; defaults are `step.StepOptions`'s;
 * ``make_optimizer``, ``make_learning_rate_schedule`` (`coopnet_tf.training.optimizers`);
 * ``make_distribution_strategy`` (`coopnet_tf.training.distribution`).
 
@@ -32,6 +34,9 @@ ensure_synthetic_dataset = gin.external_configurable(
     synthetic.ensure_synthetic_dataset, name="ensure_synthetic_dataset")
 make_distribution_strategy = gin.external_configurable(
     distribution.make_distribution_strategy, name="make_distribution_strategy")
+
+_WEIGHTS = LossWeights._field_defaults    # the one table of default loss weights
+_OPTIONS = StepOptions._field_defaults    # the one table of default step options
 
 
 @gin.configurable
@@ -62,9 +67,10 @@ def make_apportionment(name: str = "coopnet", **options) -> apportion.Apportionm
 
 
 @gin.configurable
-def loss_weights(lambda_gc: float = 1e-3, lambda_fb: float = 1e-3, lambda_s: float = 1e-2,
-                 lambda_ep: float = 1e-3, lambda_var: float = 1e-6,
-                 lambda_s_flow=None) -> LossWeights:
+def loss_weights(lambda_gc: float = _WEIGHTS["gc"], lambda_fb: float = _WEIGHTS["fb"],
+                 lambda_s: float = _WEIGHTS["smooth"], lambda_ep: float = _WEIGHTS["ep"],
+                 lambda_var: float = _WEIGHTS["var"],
+                 lambda_s_flow=_WEIGHTS["smooth_flow"]) -> LossWeights:
     """The auxiliary loss weights of Eq. 15 (paper Sec. 4.4); 0 switches a term off.
 
     ``lambda_s_flow``: a separate weight for the flow smoothness (None: λ_s, the paper's
@@ -76,12 +82,18 @@ def loss_weights(lambda_gc: float = 1e-3, lambda_fb: float = 1e-3, lambda_s: flo
 
 
 @gin.configurable
-def step_options(num_scales: int = 4, min_depth: float = 0.1, max_depth: float = 100.0,
-                 rotation_mode: str = "axis_angle", occlusion_threshold: float = 0.2,
-                 gradient_clip_norm=None, gc_all_scales: bool = False,
-                 burn_in_terms=(), automask: bool = True,
-                 flow_smoothness_units: str = "normalised",
-                 backward_flow_photometric: bool = False) -> StepOptions:
+def step_options(num_scales: int = _OPTIONS["num_scales"],
+                 min_depth: float = _OPTIONS["min_depth"],
+                 max_depth: float = _OPTIONS["max_depth"],
+                 rotation_mode: str = _OPTIONS["rotation_mode"],
+                 occlusion_threshold: float = _OPTIONS["occlusion_threshold"],
+                 gradient_clip_norm=_OPTIONS["gradient_clip_norm"],
+                 gc_all_scales: bool = _OPTIONS["gc_all_scales"],
+                 burn_in_terms=_OPTIONS["burn_in_terms"],
+                 automask: bool = _OPTIONS["automask"],
+                 flow_smoothness_units: str = _OPTIONS["flow_smoothness_units"],
+                 backward_flow_photometric: bool = _OPTIONS["backward_flow_photometric"]
+                 ) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
     `train_and_evaluate` sets). The flow partner's switches (``flow_smoothness_units``
     'normalised' | 'pixels', ``backward_flow_photometric``): docs/flow_partner.md."""
