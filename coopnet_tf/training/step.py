@@ -359,7 +359,8 @@ class CoopTrainStep:
         #    source pixels visible in t (from F_{t->s}), one splatting call.
         non_occ = tf.stop_gradient(consistency.non_occluded_mask(
             tf.concat([flow_bw[0], flow_fw[0]], 0), opts.occlusion_threshold))
-        non_occ_t = non_occ[:sb]   # (non_occ[sb:]: source pixels visible in t, unused)
+        non_occ_t = non_occ[:sb]
+        non_occ_s = non_occ[sb:]   # source pixels visible in t (backward photometric term)
         out["non_occluded"] = _to_batch_source(non_occ_t, num_src)
 
         # 2. warps and Φ maps at full resolution, every (scale, source) in one call each.
