@@ -62,6 +62,7 @@ DEFAULT_ETA = 0.15
 DEFAULT_ZETA = 0.25
 DEFAULT_TAIL_PROBABILITY = 0.15
 FLOW_WEIGHTINGS = ("tails", "eq11")
+FLOW_NORMALISATIONS = ("pair", "batch")   # Eq. 11's counts: per (image, source) / batch
 RIGID_NORMALISATIONS = photometric.RIGID_NORMALISATIONS
 TRAINED_GROUPS = ("depth_pose", "flow", "strategy")
 DEFAULT_HISTOGRAM_SIZE = 4096
@@ -145,7 +146,7 @@ def interval_mask(x, low, high):
     return (x >= low) & (x <= high)
 
 
-def group_weights(in_gamma, domain):
+def group_weights(in_gamma, domain, normalisation="pair"):
     """Eq. 11 weights on `domain`, per (image, source) pair, with empty groups guarded.
 
     For pair (b, s) with P = domain pixels, Γ = P ∩ in_gamma, Γ̄ = P \\ Γ:
@@ -154,17 +155,25 @@ def group_weights(in_gamma, domain):
     `sum(loss_weight * Φ)` = mean over pairs with P ≠ ∅ of (mean_Γ Φ + mean_Γ̄ Φ), each
     mean skipped when its group is empty (docs/decisions.md D15).
 
+    With ``normalisation="batch"`` the counts run over every pixel of the batch instead
+    (one group pair: P = all domain pixels of the batch), and `sum(loss_weight * Φ)` =
+    mean_Γ Φ + mean_Γ̄ Φ over the batch.
+
     Args:
       in_gamma: `[B, S, H, W, 1]` bool.
       domain: `[B, S, H, W, 1]` bool.
+      normalisation: "pair" (per (image, source) pair) or "batch" (`FLOW_NORMALISATIONS`).
 
     Returns:
       (pixel_weight w(p), loss_weight), both `[B, S, H, W, 1]` float32.
     """
+    if normalisation not in FLOW_NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {FLOW_NORMALISATIONS}: "
+                         f"{normalisation!r}")
     dom = tf.cast(domain, tf.float32)
     g = tf.cast(in_gamma, tf.float32) * dom
     gb = dom - g
-    axes = [2, 3, 4]
+    axes = [2, 3, 4] if normalisation == "pair" else [0, 1, 2, 3, 4]
     n_p = tf.reduce_sum(dom, axis=axes, keepdims=True)
     n_g = tf.reduce_sum(g, axis=axes, keepdims=True)
     n_gb = tf.reduce_sum(gb, axis=axes, keepdims=True)
@@ -250,7 +259,7 @@ def _glnet_core(phi_rigid, phi_flow, rigid_flow, optical_flow, non_occluded, eps
 
 
 def _coopnet_core(phi_rigid, phi_flow, rigid_flow, optical_flow, non_occluded, bounds, use,
-                  eps, use_flow_prior):
+                  eps, use_flow_prior, flow_normalisation="pair"):
     """Masks and weights of CoopNet from the frozen quantiles.
 
     Args:
@@ -265,7 +274,7 @@ def _coopnet_core(phi_rigid, phi_flow, rigid_flow, optical_flow, non_occluded, b
     v = v_eta & v_zeta if use_flow_prior else v_eta
     rigid_mask = tf.where(use, _f32(v), tf.ones_like(delta))
     in_gamma = tf.logical_not(interval_mask(delta, t_lo, t_hi)) & use
-    pixel_w, loss_w = group_weights(in_gamma, domain)
+    pixel_w, loss_w = group_weights(in_gamma, domain, flow_normalisation)
     stats = _common_stats(delta, domain, rigid_mask, pixel_w)
     stats.update({
         "apportion/quantiles_in_use": _f32(use),
@@ -445,6 +454,8 @@ class CoopNetStrategy(ApportionmentStrategy):
       tail_probability: "tails" weighting: Γ = Δ outside [q(t), q(1−t)] (0.15/0.85).
       flow_weighting: "tails" (the text's reading, default) or "eq11" (Eq. 11 literally:
         Γ = Δ outside V_η, i.e. outside [q0.35, q0.65]).
+      flow_normalisation: Eq. 11's |P|, |Γ|, |Γ̄| counted per (image, source) pair
+        ("pair", default) or over the whole batch ("batch"); see `group_weights`.
       sample_size: quantile subsample per variable per global step.
       seed: subsampling seed.
       jit_compile: XLA-compile the per-pixel work, the subsampling and the quantile update.
@@ -460,7 +471,7 @@ class CoopNetStrategy(ApportionmentStrategy):
 
     def __init__(self, use_flow_prior: bool = True, eta: float = DEFAULT_ETA,
                  zeta: float = DEFAULT_ZETA, tail_probability: float = DEFAULT_TAIL_PROBABILITY,
-                 flow_weighting: str = "tails",
+                 flow_weighting: str = "tails", flow_normalisation: str = "pair",
                  sample_size: int = quantile_lib.DEFAULT_SAMPLE_SIZE, seed: int = 0,
                  jit_compile: bool = True, quantile_estimator: str = "summary",
                  summary_size: int = quantile_lib.DEFAULT_SUMMARY_SIZE,
@@ -469,6 +480,9 @@ class CoopNetStrategy(ApportionmentStrategy):
         super().__init__(histogram_size, jit_compile, delta_flow_eps)
         if flow_weighting not in FLOW_WEIGHTINGS:
             raise ValueError(f"flow_weighting must be one of {FLOW_WEIGHTINGS}: {flow_weighting!r}")
+        if flow_normalisation not in FLOW_NORMALISATIONS:
+            raise ValueError(f"flow_normalisation must be one of {FLOW_NORMALISATIONS}: "
+                             f"{flow_normalisation!r}")
         for nm, v in (("eta", eta), ("zeta", zeta), ("tail_probability", tail_probability)):
             if not 0.0 < v < 0.5:
                 raise ValueError(f"{nm} must lie in ]0, 0.5[: {v}")
@@ -477,6 +491,7 @@ class CoopNetStrategy(ApportionmentStrategy):
         self.zeta = float(zeta)
         self.tail_probability = float(tail_probability)
         self.flow_weighting = flow_weighting
+        self.flow_normalisation = flow_normalisation
         self.eta_probs = (round(0.5 - self.eta, 12), round(0.5 + self.eta, 12))
         self.zeta_probs = (round(0.5 - self.zeta, 12), round(0.5 + self.zeta, 12))
         self.tail_probs = (round(self.tail_probability, 12),
@@ -529,7 +544,7 @@ class CoopNetStrategy(ApportionmentStrategy):
         delta, dfx, dfy, domain, rigid_mask, loss_w, pixel_w, stats = _core(
             _coopnet_core, self.jit_compile)(
                 *_sg_inputs(inputs), bounds, use, eps=self.delta_flow_eps,
-                use_flow_prior=self.use_flow_prior)
+                use_flow_prior=self.use_flow_prior, flow_normalisation=self.flow_normalisation)
 
         # P²: this step's subsample of the non-occluded values (also the histograms).
         samples, active = layer.subsample(

@@ -125,10 +125,16 @@ def _known_options() -> set:
 @gin.configurable
 def loss_weights(lambda_gc: float = _WEIGHTS["gc"], lambda_fb: float = _WEIGHTS["fb"],
                  lambda_s: float = _WEIGHTS["smooth"], lambda_ep: float = _WEIGHTS["ep"],
-                 lambda_var: float = _WEIGHTS["var"]) -> LossWeights:
-    """The auxiliary loss weights of Eq. 15 (paper Sec. 4.4); 0 switches a term off."""
+                 lambda_var: float = _WEIGHTS["var"],
+                 lambda_s_flow=_WEIGHTS["smooth_flow"]) -> LossWeights:
+    """The auxiliary loss weights of Eq. 15 (paper Sec. 4.4); 0 switches a term off.
+
+    ``lambda_s_flow``: a separate weight for the flow smoothness (None: λ_s, the paper's
+    single weight; docs/flow_partner.md).
+    """
     return LossWeights(gc=lambda_gc, fb=lambda_fb, smooth=lambda_s, ep=lambda_ep,
-                       var=lambda_var)
+                       var=lambda_var,
+                       smooth_flow=None if lambda_s_flow is None else float(lambda_s_flow))
 
 
 @gin.configurable
@@ -154,11 +160,18 @@ def step_options(num_scales: int = _OPTIONS["num_scales"],
                  gradient_clip_norm=_OPTIONS["gradient_clip_norm"],
                  gc_all_scales: bool = _OPTIONS["gc_all_scales"],
                  burn_in_terms=_OPTIONS["burn_in_terms"],
-                 automask: bool = _OPTIONS["automask"]) -> StepOptions:
+                 automask: bool = _OPTIONS["automask"],
+                 flow_smoothness_units: str = _OPTIONS["flow_smoothness_units"],
+                 backward_flow_photometric: bool = _OPTIONS["backward_flow_photometric"]
+                 ) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
-    `train_and_evaluate` sets); the oracle switch comes from ``oracle``."""
+    `train_and_evaluate` sets); the oracle switch comes from ``oracle``. The flow
+    partner's switches (``flow_smoothness_units`` 'normalised' | 'pixels',
+    ``backward_flow_photometric``): docs/flow_partner.md."""
     return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
                        rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
                        gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales,
                        burn_in_terms=tuple(burn_in_terms), automask=bool(automask),
+                       flow_smoothness_units=flow_smoothness_units,
+                       backward_flow_photometric=bool(backward_flow_photometric),
                        ground_truth_apportionment_inputs=oracle())

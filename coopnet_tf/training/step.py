@@ -26,6 +26,11 @@ Per replica and step (docs/decisions.md D2, D11):
            + λ_gc L_gc + λ_ep L_ep(pose; flow stop-gradient) + λ_var L_var;
    L_δ   = mean_s [L_photo_F(s) + λ_s/2^s · smooth(flow) + λ_fb L_fwd,bwd(s)]
            + λ_ep L_ep(flow; pose stop-gradient).
+   Flow-partner switches (docs/flow_partner.md; defaults = the above): the flow
+   smoothness in pixel units (`StepOptions.flow_smoothness_units`), its own weight
+   (`LossWeights.smooth_flow`), and a photometric term for F_{s→t}
+   (`StepOptions.backward_flow_photometric`: the target warped into each source's grid,
+   uniform weights on the source pixels visible in t, added to L_photo_F(s)).
    L_gc, L_ep, L_var are off during burn-in (docs/decisions.md D11).
 6. Two `GradientTape`s with `watch_accessed_variables=False` and explicit `watch`:
    L_θ,α → depth+pose variables (Adam #1), L_δ → flow variables (Adam #2); a third one
@@ -63,6 +68,12 @@ class LossWeights(NamedTuple):
     smooth: float = 1e-2  # λ_s    edge-aware smoothness (disparity and flow), /2^s per scale
     ep: float = 1e-3      # λ_ep   epipolar loss, in both objectives
     var: float = 1e-6     # λ_var  inverse depth variance, L_θ,α
+    smooth_flow: Optional[float] = None  # flow smoothness weight; None: λ_s (the paper)
+
+    @property
+    def flow_smooth(self) -> float:
+        """The weight of the flow smoothness term (λ_s unless set separately)."""
+        return self.smooth if self.smooth_flow is None else self.smooth_flow
 
 
 class Phase(NamedTuple):
@@ -84,6 +95,10 @@ class StepOptions(NamedTuple):
     burn_in_terms: Tuple[str, ...] = ()  # of ("gc", "ep", "var"): also on during burn-in
     automask: bool = True        # Monodepth2 auto-masking (identity terms) in L_θ,α
     jit_compile: bool = False    # XLA-compile the forward (networks, warps, Φ maps, aux)
+    # flow smoothness on the flow in "normalised" units (x / w, y / h) or in "pixels" of
+    # its scale (docs/flow_partner.md)
+    flow_smoothness_units: str = "normalised"
+    backward_flow_photometric: bool = False  # F_{s->t} gets its own photometric term in L_δ
     seed: int = 0                # per-step randomness: stateless, from (seed, step)
     # ORACLE (research switch, gin `oracle.ground_truth_apportionment_inputs`): the
     # apportionment's Φ_F and F_δ come from the ground-truth flow (batch key gt_flow);
@@ -92,7 +107,9 @@ class StepOptions(NamedTuple):
 
 
 LOSS_KEYS_THETA_ALPHA = ("photo_theta_alpha", "smooth_depth", "gc", "ep_theta_alpha", "var")
-LOSS_KEYS_DELTA = ("photo_delta", "smooth_flow", "fwd_bwd", "ep_delta")
+LOSS_KEYS_DELTA = ("photo_delta", "photo_delta_backward", "smooth_flow", "fwd_bwd",
+                   "ep_delta")
+FLOW_SMOOTHNESS_UNITS = ("normalised", "pixels")
 
 
 def residual_flow_input(target, source, depth, transform, intrinsics):
@@ -141,6 +158,21 @@ def ground_truth_flow_inputs(batch: Dict[str, tf.Tensor]):
     warped, _ = geometry.flow_warp(src_stack, _to_source_major(gt_flow))
     phi = photometric.photometric_error(tf.concat([target] * num_src, 0), warped)
     return tf.stop_gradient(_to_batch_source(phi, num_src)), tf.stop_gradient(gt_flow)
+
+
+def backward_flow_error(target, source, flow_bw):
+    """Φ of the backward flow: the target warped into the source's grid with F_{s->t},
+    `I_t(p + F_{s->t}(p))`, against the source `I_s(p)` (the photometric error of Eq. 2).
+
+    Args:
+      target, source: `[B, H, W, 3]` images.
+      flow_bw: `[B, H, W, 2]` F_{s->t} in pixels of H x W, on the source's grid.
+
+    Returns:
+      `[B, H, W, 1]` float32.
+    """
+    warped, _ = geometry.flow_warp(target, flow_bw)
+    return photometric.photometric_error(source, warped)
 
 
 def _resize(x, height, width, method="bilinear"):
@@ -265,6 +297,9 @@ class CoopTrainStep:
                              "(mixed_float16): the gradients are clipped while scaled")
         self._forward_fn = (tf.function(self.forward, jit_compile=True, reduce_retracing=True)
                             if options.jit_compile else self.forward)
+        if options.flow_smoothness_units not in FLOW_SMOOTHNESS_UNITS:
+            raise ValueError(f"flow_smoothness_units must be one of {FLOW_SMOOTHNESS_UNITS}: "
+                             f"{options.flow_smoothness_units!r}")
 
     def _term_on(self, term: str, phase: Phase) -> bool:
         """L_gc / L_ep / L_var: on after the burn-in, and during it only when listed in
@@ -394,7 +429,8 @@ class CoopTrainStep:
         #    source pixels visible in t (from F_{t->s}), one splatting call.
         non_occ = tf.stop_gradient(consistency.non_occluded_mask(
             tf.concat([flow_bw[0], flow_fw[0]], 0), opts.occlusion_threshold))
-        non_occ_t = non_occ[:sb]   # (non_occ[sb:]: source pixels visible in t, unused)
+        non_occ_t = non_occ[:sb]
+        non_occ_s = non_occ[sb:]   # source pixels visible in t (backward photometric term)
         out["non_occluded"] = _to_batch_source(non_occ_t, num_src)
 
         # 2. warps and Φ maps at full resolution, every (scale, source) in one call each.
@@ -416,6 +452,15 @@ class CoopTrainStep:
         out["phi_identity"] = _to_batch_source(phi[2 * n:], num_src)
         out["rigid_flow"] = _to_batch_source(rigid_flows[:sb], num_src)
         out["optical_flow"] = _to_batch_source(flow_fw[0], num_src)
+        if opts.backward_flow_photometric:
+            # the target warped into each source's grid with F_{s->t}, compared with the
+            # source; its domain: source pixels visible in t (range map of F_{t->s}).
+            phi_bw = backward_flow_error(
+                tf.concat([tgt_rep] * num_scales, 0), tf.concat([src_stack] * num_scales, 0),
+                tf.concat([_upsample_flow(f, height, width) for f in flow_bw], 0))
+            out["phi_flow_backward"] = [_to_batch_source(phi_bw[k * sb:(k + 1) * sb], num_src)
+                                        for k in range(num_scales)]
+            out["non_occluded_source"] = _to_batch_source(non_occ_s, num_src)
 
         # 5a. mask-independent auxiliary terms, per scale (weights applied later).
         smooth_d, smooth_f, fb = [], [], []
@@ -423,11 +468,14 @@ class CoopTrainStep:
             h, wd = disps[scale].shape[1], disps[scale].shape[2]
             if w.smooth > 0:
                 tgt_s = _downsample_image(target, h, wd)
-                src_s = _downsample_image(src_stack, h, wd)
                 smooth_d.append(smoothness.disparity_smoothness(out["disparities"][scale], tgt_s))
+            if w.flow_smooth > 0:
+                tgt_s = _downsample_image(target, h, wd)
+                src_s = _downsample_image(src_stack, h, wd)
                 # both flow directions, each guided by the image of its own grid.
                 smooth_f.append(smoothness.flow_smoothness(
-                    flows[scale], tf.concat([tf.concat([tgt_s] * num_src, 0), src_s], 0)))
+                    flows[scale], tf.concat([tf.concat([tgt_s] * num_src, 0), src_s], 0),
+                    normalise=opts.flow_smoothness_units == "normalised"))
             if w.fb > 0:
                 factor = width // wd
                 fb.append(consistency.forward_backward_loss(
@@ -503,7 +551,9 @@ class CoopTrainStep:
 
         seed = tf.cast(seed, tf.int64)
         num_scales = len(fwd["phi_rigid"])
-        photo_d, photo_f, total_d_scales, total_f_scales = [], [], [], []
+        photo_d, photo_f, photo_f_bw, total_d_scales, total_f_scales = [], [], [], [], []
+        if "phi_flow_backward" in fwd:   # uniform weights on the visible source pixels
+            _, weight_bw = apportion.uniform_weights(fwd["non_occluded_source"] > 0.5)
         for scale in range(num_scales):
             scale_seed = tf.random.experimental.stateless_fold_in(seed, scale)
             ld = photometric.rigid_photometric_loss(
@@ -514,9 +564,14 @@ class CoopTrainStep:
             photo_d.append(ld)
             photo_f.append(lf)
             td, tf_ = ld, lf
+            if "phi_flow_backward" in fwd:
+                photo_f_bw.append(photometric.flow_photometric_loss(
+                    fwd["phi_flow_backward"][scale], weight_bw))
+                tf_ = tf_ + photo_f_bw[-1]
             if w.smooth > 0:
                 td = td + w.smooth / (2 ** scale) * fwd["smooth_depth"][scale]
-                tf_ = tf_ + w.smooth / (2 ** scale) * fwd["smooth_flow"][scale]
+            if w.flow_smooth > 0:
+                tf_ = tf_ + w.flow_smooth / (2 ** scale) * fwd["smooth_flow"][scale]
             if w.fb > 0:
                 tf_ = tf_ + w.fb * fwd["fwd_bwd"][scale]
             total_d_scales.append(td)
@@ -528,9 +583,12 @@ class CoopTrainStep:
         }
         total_d = tf.add_n(total_d_scales) / num_scales
         total_f = tf.add_n(total_f_scales) / num_scales
+        if photo_f_bw:
+            losses["photo_delta_backward"] = tf.add_n(photo_f_bw) / num_scales
         if w.smooth > 0:
             losses["smooth_depth"] = tf.add_n(
                 [s / 2 ** i for i, s in enumerate(fwd["smooth_depth"])]) / num_scales
+        if w.flow_smooth > 0:
             losses["smooth_flow"] = tf.add_n(
                 [s / 2 ** i for i, s in enumerate(fwd["smooth_flow"])]) / num_scales
         if w.fb > 0:
