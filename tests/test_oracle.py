@@ -16,7 +16,7 @@ import tensorflow as tf
 import conftest
 
 from coopnet_tf import geometry, specs
-from coopnet_tf.losses import apportion
+from coopnet_tf.losses import apportion, photometric
 from coopnet_tf.training import step as step_lib
 from coopnet_tf.training.step import Phase, StepOptions
 
@@ -51,7 +51,7 @@ def test_v_with_ground_truth_flow_inputs_admits_no_moving_pixel(gt_batch):
     for k, i in enumerate(specs.SOURCE_INDICES):     # the rigid side from GT depth + pose
         warped, _, flow = geometry.rigid_warp(frames[:, i], gt_batch[specs.KEY_GT_DEPTH],
                                               gt_batch[specs.KEY_GT_POSE][:, k], K)
-        phi_r.append(step_lib.photometric.photometric_error(target, warped))
+        phi_r.append(photometric.photometric_error(target, warped))
         rigid.append(flow)
     phi_flow, flow = step_lib.ground_truth_flow_inputs(gt_batch)
     np.testing.assert_array_equal(flow.numpy(), gt_batch[specs.KEY_GT_FLOW].numpy())
@@ -97,7 +97,7 @@ def test_step_hands_ground_truth_flow_inputs_to_the_strategy(gt_batch, ground_tr
     np.testing.assert_array_equal(spy.seen.optical_flow.numpy(), want_flow.numpy())
     np.testing.assert_array_equal(spy.seen.phi_rigid.numpy(), fwd["phi_rigid"][0].numpy())
     # the flow loss is still the flow NET's Φ_F under the (uniform) weights
-    want = sum(float(apportion.flow_photometric_loss(p, apportion.uniform_weights(
+    want = sum(float(photometric.flow_photometric_loss(p, apportion.uniform_weights(
         fwd["non_occluded"] > 0.5)[1])) for p in fwd["phi_flow"]) / len(fwd["phi_flow"])
     np.testing.assert_allclose(float(losses["photo_delta"]), want, rtol=1e-5)
 
@@ -146,7 +146,8 @@ def test_training_refuses_oracles_on_records_without_ground_truth(tmp_path, caps
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(example.SerializeToString())
     trainer = types.SimpleNamespace(
-        needs_ground_truth=True, train_files=path, val_files=None,
+        needs_ground_truth=True,
+        config=types.SimpleNamespace(train_files=path, val_files=None),
         apportionment=apportion.make_strategy("oracle_static"),
         step=types.SimpleNamespace(options=GT_OPTIONS))
     with pytest.raises(ValueError, match="oracle.ground_truth_apportionment_inputs") as err:
