@@ -56,6 +56,8 @@ LEVERS: Dict[str, List[str]] = {
     "pixel_smooth": ["step_options.flow_smoothness_units = 'pixels'"],
     # (b) F_{s->t} gets its own photometric term
     "bwd_photo": ["step_options.backward_flow_photometric = True"],
+    # (e) each scale's flow warps images of its own resolution (a pyramid)
+    "pyramid": ["step_options.flow_image_pyramid = True"],
     # (c) Eq. 11 normalised over the batch's pixels instead of per (image, source) pair
     "eq11_batch": ["make_apportionment.flow_normalisation = 'batch'"],
     "eq11_pair": ["make_apportionment.flow_normalisation = 'pair'"],

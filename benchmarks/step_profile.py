@@ -172,10 +172,10 @@ def _components(step, fwd, batch, phase, seed, estimator_strategies):
             tape.watch(phis_r + phis_f)
             total = 0.0
             for s in range(num_scales):
-                total += apportion.rigid_photometric_loss(
+                total += photometric.rigid_photometric_loss(
                     phis_r[s], fwd["phi_identity"], app.rigid_mask, app.rigid_normalisation,
                     seed=tf.random.experimental.stateless_fold_in(seed, s))
-                total += apportion.flow_photometric_loss(phis_f[s], app.flow_weight)
+                total += photometric.flow_photometric_loss(phis_f[s], app.flow_weight)
         return tape.gradient(total, phis_r + phis_f)
 
     comps = {

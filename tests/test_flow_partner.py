@@ -7,6 +7,9 @@
   synthetic world's target image translated by whole pixels), and in the step it adds
   exactly its own uniformly weighted mean to L_δ;
 * Eq. 11 normalised over the batch: numpy computation of the definition;
+* the flow image pyramid: a half-resolution flow of whole pixels rebuilds the
+  area-downsampled target exactly (numpy pooling), full resolution is the backward
+  error's formula, and in the step it changes Φ_F of the coarse scales only;
 * the defaults reproduce the previous behaviour (normalised units, λ_s for flow, no
   backward term, per-pair normalisation).
 """
@@ -158,6 +161,68 @@ def test_backward_photometric_term_in_the_step(gt_batch):
             len(specs.SOURCE_INDICES)).numpy())
 
 
+def test_pyramid_flow_error_is_exact_at_its_own_scale(gt_batch):
+    """Target = source translated by an even (dx, dy) at full resolution: after ×2 area
+    downsampling (numpy pooling) it is the pooled source translated by (dx/2, dy/2), so
+    the scale-1 flow of whole pixels rebuilds it and Φ = 0 inside; the result is nearest-
+    upsampled to full resolution; at full resolution the function is the plain Φ of the
+    warp (``backward_flow_error`` with the roles named the other way round)."""
+    image = gt_batch[specs.KEY_FRAMES].numpy()[:, specs.TARGET_INDEX]
+    shifts = [(4, -2), (-2, 2)][:image.shape[0]]
+    source = image
+    target = np.stack([np.roll(im, (-dy, -dx), axis=(0, 1)) for im, (dx, dy)
+                       in zip(image, shifts)])     # target(p) = source(p + d)
+    h, w = image.shape[1] // 2, image.shape[2] // 2
+    flow = np.zeros((image.shape[0], h, w, 2), np.float32)
+    for b, (dx, dy) in enumerate(shifts):
+        flow[b, ..., 0], flow[b, ..., 1] = dx / 2, dy / 2
+    phi = step_lib.pyramid_flow_error(target, source, flow, *image.shape[1:3]).numpy()
+    assert phi.shape == image.shape[:3] + (1,)
+    m = 8
+    np.testing.assert_allclose(phi[:, m:-m, m:-m], 0.0, atol=1e-5)
+    # nearest upsampling: 2x2 blocks of one value
+    np.testing.assert_array_equal(phi[:, ::2, ::2], phi[:, 1::2, 1::2])
+    # the coarse Φ is the Φ of the numpy-pooled images
+    zero = step_lib.pyramid_flow_error(target, source, 0 * flow, *image.shape[1:3]).numpy()
+    expected = step_lib.photometric.photometric_error(
+        _np_pool(target, 2).astype(np.float32), _np_pool(source, 2).astype(np.float32))
+    np.testing.assert_allclose(zero[:, ::2, ::2], expected.numpy(), atol=1e-5)
+    assert np.median(zero[:, m:-m, m:-m]) > 0.02
+    full = np.zeros(image.shape[:3] + (2,), np.float32)
+    np.testing.assert_array_equal(
+        step_lib.pyramid_flow_error(target, source, full, *image.shape[1:3]).numpy(),
+        step_lib.backward_flow_error(source, target, full).numpy())
+
+
+def test_flow_image_pyramid_in_the_step(gt_batch):
+    batch = _inputs(gt_batch)
+    off = build_step()
+    on = build_step(options=StepOptions(flow_image_pyramid=True))
+    _, _, f_off = off.compute_losses(batch, BURN_IN, SEED, training=False)
+    _, _, f_on = on.compute_losses(batch, BURN_IN, SEED, training=False)
+    assert len(f_on["phi_flow"]) > 1
+    # same networks (same seed), same flows; scale 0, Φ_D and the identity unchanged
+    np.testing.assert_array_equal(f_on["flow_fw"][1].numpy(), f_off["flow_fw"][1].numpy())
+    np.testing.assert_allclose(f_on["phi_flow"][0].numpy(), f_off["phi_flow"][0].numpy(),
+                               atol=1e-6)
+    for key in ("phi_identity",):
+        np.testing.assert_allclose(f_on[key].numpy(), f_off[key].numpy(), atol=1e-6)
+    np.testing.assert_allclose(f_on["phi_rigid"][1].numpy(), f_off["phi_rigid"][1].numpy(),
+                               atol=1e-6)
+    # coarse scales: Φ of that scale's flow on images of that scale
+    frames = batch[specs.KEY_FRAMES].numpy()
+    target = np.concatenate([frames[:, specs.TARGET_INDEX]] * len(specs.SOURCE_INDICES))
+    sources = np.concatenate([frames[:, i] for i in specs.SOURCE_INDICES])
+    for scale in range(1, len(f_on["phi_flow"])):
+        expected = step_lib.pyramid_flow_error(target, sources, f_on["flow_fw"][scale],
+                                               *frames.shape[2:4])
+        np.testing.assert_allclose(
+            f_on["phi_flow"][scale].numpy(),
+            step_lib._to_batch_source(expected, len(specs.SOURCE_INDICES)).numpy(),  # pylint: disable=protected-access
+            atol=1e-5)
+        assert not np.allclose(f_on["phi_flow"][scale].numpy(), f_off["phi_flow"][scale].numpy())
+
+
 def test_eq11_batch_normalisation_matches_definition():
     rng = np.random.default_rng(3)
     shape = (3, 2, 6, 7, 1)
@@ -197,6 +262,7 @@ def test_defaults_are_the_previous_behaviour():
     from coopnet_tf.training import factories as configurables
     assert StepOptions().flow_smoothness_units == "normalised"
     assert not StepOptions().backward_flow_photometric
+    assert not StepOptions().flow_image_pyramid
     assert configurables.loss_weights().flow_smooth == configurables.loss_weights().smooth
     assert configurables.step_options() == StepOptions()
     assert apportion.CoopNetStrategy(jit_compile=False).flow_normalisation == "pair"

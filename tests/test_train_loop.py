@@ -1,8 +1,9 @@
 """`train_and_evaluate` end to end on a tiny synthetic world (64x64, batch 2).
 
-* the `tf.function` loop (two calls of two steps) under the default strategy and under
-  MirroredStrategy over the two logical CPU devices of conftest.py: losses finite, weights
-  change, the operative gin config and checkpoints are written;
+* the `tf.function` loop (two calls of two steps) under the default strategy, and the
+  same loop eagerly under MirroredStrategy over the two logical CPU devices of
+  conftest.py: losses finite, weights change, the operative gin config and checkpoints
+  are written;
 * kill-and-resume: N steps, stop, copy the model_dir as the benchmark does, resume to M —
   every variable (weights, Adam moments, BatchNorm statistics, P² state, counters) is
   bit-identical to an uninterrupted run to M. These runs use `run_eagerly=True` (same
@@ -87,8 +88,11 @@ def test_loop_runs_and_learns(tiny_dataset, tmp_path, distribution):
              "train_and_evaluate.summary_every_steps = 2",
              "train_and_evaluate.checkpoint_every_steps = 2",   # 2 calls of 2 steps
              "train_and_evaluate.keep_checkpoints = 5"]
-    if mirrored:   # training only (validation and images are covered by the default run)
-        extra += ["train_and_evaluate.data_dir = None",
+    if mirrored:   # training only (validation and images are covered by the default run);
+        # eager replicas: the same per-replica code and cross-replica reductions without
+        # tracing the step twice (the graph is traced by the default run)
+        extra += ["train_and_evaluate.run_eagerly = True",
+                  "train_and_evaluate.data_dir = None",
                   f"train_and_evaluate.train_files = '{records.file_pattern(tiny_dataset, 'train')}'",
                   "train_and_evaluate.image_every_steps = 0"]
     else:

@@ -173,18 +173,20 @@ def step_options(num_scales: int = _OPTIONS["num_scales"],
                  burn_in_terms=_OPTIONS["burn_in_terms"],
                  automask: bool = _OPTIONS["automask"],
                  flow_smoothness_units: str = _OPTIONS["flow_smoothness_units"],
-                 backward_flow_photometric: bool = _OPTIONS["backward_flow_photometric"]
+                 backward_flow_photometric: bool = _OPTIONS["backward_flow_photometric"],
+                 flow_image_pyramid: bool = _OPTIONS["flow_image_pyramid"]
                  ) -> StepOptions:
     """Static options of the train step other than XLA and the seed (which
     `train_and_evaluate` sets); the oracle switch comes from ``oracle``. The flow
     partner's switches (``flow_smoothness_units`` 'normalised' | 'pixels',
-    ``backward_flow_photometric``): docs/flow_partner.md."""
+    ``backward_flow_photometric``, ``flow_image_pyramid``): docs/flow_partner.md."""
     return StepOptions(num_scales=num_scales, min_depth=min_depth, max_depth=max_depth,
                        rotation_mode=rotation_mode, occlusion_threshold=occlusion_threshold,
                        gradient_clip_norm=gradient_clip_norm, gc_all_scales=gc_all_scales,
                        burn_in_terms=tuple(burn_in_terms), automask=bool(automask),
                        flow_smoothness_units=flow_smoothness_units,
                        backward_flow_photometric=bool(backward_flow_photometric),
+                       flow_image_pyramid=bool(flow_image_pyramid),
                        ground_truth_apportionment_inputs=oracle())
 
 

@@ -99,6 +99,10 @@ class StepOptions(NamedTuple):
     # its scale (docs/flow_partner.md)
     flow_smoothness_units: str = "normalised"
     backward_flow_photometric: bool = False  # F_{s->t} gets its own photometric term in L_δ
+    # each scale's flow warps the images area-downsampled to its own resolution (a
+    # pyramid) instead of full-resolution images (docs/flow_partner.md); Φ_F of scale s is
+    # then computed at scale s and nearest-upsampled for the loss. Scale 0 is unchanged.
+    flow_image_pyramid: bool = False
     seed: int = 0                # per-step randomness: stateless, from (seed, step)
     # ORACLE (research switch, gin `oracle.ground_truth_apportionment_inputs`): the
     # apportionment's Φ_F and F_δ come from the ground-truth flow (batch key gt_flow);
@@ -173,6 +177,24 @@ def backward_flow_error(target, source, flow_bw):
     """
     warped, _ = geometry.flow_warp(target, flow_bw)
     return photometric.photometric_error(source, warped)
+
+
+def pyramid_flow_error(reference, image, flow, height, width):
+    """Φ(reference, image warped by flow) at the flow's own resolution (both images
+    area-downsampled to it), nearest-upsampled to `height x width`.
+
+    Args:
+      reference, image: `[B, H, W, 3]` full-resolution images.
+      flow: `[B, h, w, 2]` in pixels of h x w, on the reference's grid.
+
+    Returns:
+      `[B, height, width, 1]` float32; equals ``backward_flow_error(image, reference,
+      flow)`` when `(h, w) == (height, width)`.
+    """
+    h, w = flow.shape[1], flow.shape[2]
+    warped, _ = geometry.flow_warp(_downsample_image(image, h, w), flow)
+    phi = photometric.photometric_error(_downsample_image(reference, h, w), warped)
+    return _resize(phi, height, width, method="nearest")
 
 
 def _resize(x, height, width, method="bilinear"):
@@ -438,28 +460,41 @@ class CoopTrainStep:
             tf.concat([src_stack] * num_scales, 0),
             tf.concat([tf.concat([d] * num_src, 0) for d in depths], 0),
             tf.concat([t_stack] * num_scales, 0), tf.concat([K_rep] * num_scales, 0))
-        flow_warped, _ = geometry.flow_warp(
-            tf.concat([src_stack] * num_scales, 0),
-            tf.concat([_upsample_flow(f, height, width) for f in flow_fw], 0))
         n = num_scales * sb
-        phi = photometric.photometric_error(
-            tf.concat([tgt_rep] * (2 * num_scales + 1), 0),
-            tf.concat([rigid_warped, flow_warped, src_stack], 0))
+        if opts.flow_image_pyramid:
+            phi = photometric.photometric_error(
+                tf.concat([tgt_rep] * (num_scales + 1), 0),
+                tf.concat([rigid_warped, src_stack], 0))
+            phi_flow = [pyramid_flow_error(tgt_rep, src_stack, f, height, width)
+                        for f in flow_fw]
+            phi_identity = phi[n:]
+        else:
+            flow_warped, _ = geometry.flow_warp(
+                tf.concat([src_stack] * num_scales, 0),
+                tf.concat([_upsample_flow(f, height, width) for f in flow_fw], 0))
+            phi = photometric.photometric_error(
+                tf.concat([tgt_rep] * (2 * num_scales + 1), 0),
+                tf.concat([rigid_warped, flow_warped, src_stack], 0))
+            phi_flow = [phi[n + k * sb:n + (k + 1) * sb] for k in range(num_scales)]
+            phi_identity = phi[2 * n:]
         out["phi_rigid"] = [_to_batch_source(phi[k * sb:(k + 1) * sb], num_src)
                             for k in range(num_scales)]
-        out["phi_flow"] = [_to_batch_source(phi[n + k * sb:n + (k + 1) * sb], num_src)
-                           for k in range(num_scales)]
-        out["phi_identity"] = _to_batch_source(phi[2 * n:], num_src)
+        out["phi_flow"] = [_to_batch_source(p, num_src) for p in phi_flow]
+        out["phi_identity"] = _to_batch_source(phi_identity, num_src)
         out["rigid_flow"] = _to_batch_source(rigid_flows[:sb], num_src)
         out["optical_flow"] = _to_batch_source(flow_fw[0], num_src)
         if opts.backward_flow_photometric:
             # the target warped into each source's grid with F_{s->t}, compared with the
             # source; its domain: source pixels visible in t (range map of F_{t->s}).
-            phi_bw = backward_flow_error(
-                tf.concat([tgt_rep] * num_scales, 0), tf.concat([src_stack] * num_scales, 0),
-                tf.concat([_upsample_flow(f, height, width) for f in flow_bw], 0))
-            out["phi_flow_backward"] = [_to_batch_source(phi_bw[k * sb:(k + 1) * sb], num_src)
-                                        for k in range(num_scales)]
+            if opts.flow_image_pyramid:
+                phi_bw = [pyramid_flow_error(src_stack, tgt_rep, f, height, width)
+                          for f in flow_bw]
+            else:
+                phi_bw = backward_flow_error(
+                    tf.concat([tgt_rep] * num_scales, 0), tf.concat([src_stack] * num_scales, 0),
+                    tf.concat([_upsample_flow(f, height, width) for f in flow_bw], 0))
+                phi_bw = [phi_bw[k * sb:(k + 1) * sb] for k in range(num_scales)]
+            out["phi_flow_backward"] = [_to_batch_source(p, num_src) for p in phi_bw]
             out["non_occluded_source"] = _to_batch_source(non_occ_s, num_src)
 
         # 5a. mask-independent auxiliary terms, per scale (weights applied later).
