@@ -47,8 +47,8 @@ import tensorflow as tf
 from coopnet_tf import geometry, specs
 from coopnet_tf.losses import consistency, object_motion, photometric, smoothness
 from coopnet_tf.models import disp_to_depth, motion_branches
-from coopnet_tf.training.step import (Phase, _all_finite, _clip, _tf_variables,
-                                      _to_batch_source, _to_source_major)
+from coopnet_tf.training.step import (Phase, count_nonfinite, guarded_update, tf_variables,
+                                      to_batch_source, to_source_major)
 
 PHASE1, PHASE2, PHASE3 = "phase1", "phase2", "phase3"
 PHASES = (PHASE1, PHASE2, PHASE3)
@@ -322,7 +322,7 @@ class LeeTrainStep:
         # 4. stage 2 (Lee Eq. 2) on the clean frames.
         maps = stage2_maps(tgt_rep, src, depth_t_rep, depth_s, transforms, residual, K_rep)
         out.update(warped=maps["warped"], flow=maps["flow"],
-                   **{k: _to_batch_source(maps[k], num_src)
+                   **{k: to_batch_source(maps[k], num_src)
                       for k in ("phi", "phi_identity", "depth_diff", "valid")})
         return out
 
@@ -386,7 +386,7 @@ class LeeTrainStep:
             if w.mc > 0:
                 losses["motion_consistency"] = object_motion.motion_consistency(
                     residual, fwd["transforms"], fwd["residual_backward"],
-                    fwd["transforms_backward"], fwd["flow"], mask=_to_source_major(valid))
+                    fwd["transforms_backward"], fwd["flow"], mask=to_source_major(valid))
                 terms["motion_consistency"] = w.mc
         losses["total"] = tf.add_n([weight * losses[k] for k, weight in terms.items()])
         return losses, fwd
@@ -424,13 +424,13 @@ class LeeTrainStep:
         active = self.groups(phase)
         variables = {g: self.group_variables(g) for g in active}
         stats_vars = self.statistics_variables
-        saved_stats = [tf.identity(v) for v in _tf_variables(stats_vars)]
+        saved_stats = [tf.identity(v) for v in tf_variables(stats_vars)]
         scale = self._replica_scale(batch)
 
         tapes = {g: tf.GradientTape(watch_accessed_variables=False) for g in active}
         with contextlib.ExitStack() as stack:
             for g in active:
-                stack.enter_context(tapes[g]).watch(_tf_variables(variables[g]))
+                stack.enter_context(tapes[g]).watch(tf_variables(variables[g]))
             losses, _ = self.compute_losses(batch, phase, seed)
             objectives = {}
             for g in active:
@@ -441,41 +441,13 @@ class LeeTrainStep:
         # residual heads of scales > 0) are left out: the decision is static.
         pairs = {}
         for g in active:
-            grads = tapes[g].gradient(objectives[g], _tf_variables(variables[g]))
+            grads = tapes[g].gradient(objectives[g], tf_variables(variables[g]))
             kept = [(gr, v) for gr, v in zip(grads, variables[g]) if gr is not None]
             pairs[g] = ([gr for gr, _ in kept], [v for _, v in kept])
 
-        checked = list(losses.values())
-        if not self._loss_scaling:
-            for g in active:
-                checked += pairs[g][0]
-        bad_local = 1.0 - tf.cast(_all_finite(checked), tf.float32)
-        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad_local) if ctx else bad_local
-        ok = bad < 0.5
-        for var, old in zip(stats_vars, saved_stats):
-            var.assign(tf.where(ok, tf.convert_to_tensor(var), old))
-        grads = [_clip(pairs[g][0], self.options.gradient_clip_norm) for g in active]
-
-        def apply_fn(*group_grads):
-            for g, gr in zip(active, group_grads):
-                self._optimizer(g).apply(gr, pairs[g][1])
-
-        def cross_replica(distribution, bad_value, *group_grads):
-            skip = distribution.experimental_local_results(bad_value)[0] > 0.5
-
-            def do_apply():
-                distribution.extended.call_for_each_replica(apply_fn, args=tuple(group_grads))
-                return tf.constant(0, tf.int64)
-
-            self._count_nonfinite(tf.cond(skip, lambda: tf.constant(1, tf.int64), do_apply))
-
-        if ctx is not None and not tf.__internal__.distribute.strategy_supports_no_merge_call():
-            ctx.merge_call(cross_replica, args=(bad, *grads))
-        else:
-            def do_apply_local():
-                apply_fn(*grads)
-                return tf.constant(0, tf.int64)
-            self._count_nonfinite(tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64)))
+        ok = guarded_update([(pairs[g][0], pairs[g][1], self._optimizer(g)) for g in active],
+                            losses, stats_vars, saved_stats, self._loss_scaling,
+                            self.options.gradient_clip_norm, self._count_nonfinite)
 
         out = {f"losses/{k}": tf.where(ok, v, tf.zeros_like(v)) * scale
                for k, v in losses.items()}
@@ -483,9 +455,7 @@ class LeeTrainStep:
         return out
 
     def _count_nonfinite(self, increment):
-        self.nonfinite_steps.assign_add(increment)
-        self.consecutive_nonfinite_steps.assign(
-            (tf.convert_to_tensor(self.consecutive_nonfinite_steps) + increment) * increment)
+        count_nonfinite(self.nonfinite_steps, self.consecutive_nonfinite_steps, increment)
 
     # ----------------------------------------------------------- diagnostics ----
     def diagnostics(self, batch: Dict[str, tf.Tensor], phase: Phase, seed):
@@ -524,9 +494,9 @@ def gradient_routing(step: LeeTrainStep, batch, phase: Phase, seed) -> Dict[str,
               "residual": step.residual_only_variables}
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         for variables in groups.values():
-            tape.watch(_tf_variables(variables))
+            tape.watch(tf_variables(variables))
         losses, _ = step.compute_losses(batch, phase, seed)
-    out = {name: tape.gradient(losses["total"], _tf_variables(v),
+    out = {name: tape.gradient(losses["total"], tf_variables(v),
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
            for name, v in groups.items()}
     del tape
