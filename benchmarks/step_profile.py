@@ -79,7 +79,7 @@ def _components(step, fwd, batch, phase, seed, estimator_strategies):
                         + [tf.concat([s, target], -1) for s in sources], 0)
 
     def net_fn(net, x):
-        variables = step_lib._tf_variables(net.trainable_variables)  # noqa  (private helpers of the step)
+        variables = step_lib.tf_variables(net.trainable_variables)  # noqa  (private helpers of the step)
 
         @tf.function
         def fn():
@@ -201,8 +201,8 @@ def _components(step, fwd, batch, phase, seed, estimator_strategies):
     opt_f = step.flow_optimizer.__class__.from_config(step.flow_optimizer.get_config())
     opt_dp.build(dp_vars)
     opt_f.build(f_vars)
-    g_dp = [tf.zeros_like(v) + 1e-6 for v in step_lib._tf_variables(dp_vars)]  # noqa  (private helpers of the step)
-    g_f = [tf.zeros_like(v) + 1e-6 for v in step_lib._tf_variables(f_vars)]  # noqa  (private helpers of the step)
+    g_dp = [tf.zeros_like(v) + 1e-6 for v in step_lib.tf_variables(dp_vars)]  # noqa  (private helpers of the step)
+    g_f = [tf.zeros_like(v) + 1e-6 for v in step_lib.tf_variables(f_vars)]  # noqa  (private helpers of the step)
 
     @tf.function
     def optimizers():

@@ -1,4 +1,4 @@
-r"""Evaluation entry point: `python -m coopnet_tf.evaluate {depth,odometry,flow,motion} ...`.
+r"""Evaluation entry point: `python -m coopnet_tf.evaluate SUBCOMMAND ...`, one of the five below.
 
 Each subcommand prints a table, writes `--output_json` and, with `--plot_dir`, figures.
 The metric math lives in `coopnet_tf/eval/` (numpy); this file only reads files, runs
@@ -14,6 +14,9 @@ SavedModels in the `--predict` / `--saved_model` modes and formats the results.
             -> epe_noc epe_all fl_all (+ fl_noc, *_pooled)
   motion    --pred_masks=masks.npz (--gt_masks=gt.npz | --gt_dir=training [--semantic_dir])
             -> iou_mean iou_static iou_moving
+  scene_flow --gt_dir=training --pred_dir=pred [--saved_model=DIR --image_dir=training/image_2
+            [--motion_model=DIR | --flow_dir=FLOW_PNGS] [--calib_dir=calib_cam_to_cam]]
+            -> d1_bg d1_fg d1_all d2_bg d2_fg d2_all (Lee et al. Table 4)
 
 See docs/evaluation.md for the full commands from raw datasets.
 """
@@ -23,21 +26,25 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
 import numpy as np
 
+from coopnet_tf import visualize
 from coopnet_tf.eval import depth as depth_eval
 from coopnet_tf.eval import flow as flow_eval
 from coopnet_tf.eval import kitti_flow_io
 from coopnet_tf.eval import motion as motion_eval
 from coopnet_tf.eval import odometry as odom_eval
+from coopnet_tf.eval import scene_flow as sf_eval
 from coopnet_tf.eval.inputs import InputError, check_finite, check_png
+from coopnet_tf.eval.resize import resize_bilinear
 from coopnet_tf.images import load_image
 from coopnet_tf.run_layout import resolve_saved_model_dir
 
-SUBCOMMANDS = ("depth", "odometry", "flow", "motion")
+SUBCOMMANDS = ("depth", "odometry", "flow", "motion", "scene_flow")
 
 FLAGS = flags.FLAGS
 
@@ -104,6 +111,20 @@ def _define_flags():
     flags.DEFINE_string("eval_regions", None, ".npz (key `data`) of bool regions to evaluate.")
     flags.DEFINE_boolean("pred_is_static", False, "Predicted masks are 1 = static (e.g. V).")
     flags.DEFINE_float("mask_threshold", 0.5, "Moving iff predicted value > threshold.")
+    # Scene flow (also uses gt_dir, pred_dir, saved_model, image_dir, median_scaling,
+    # pred_depth_scale_factor).
+    flags.DEFINE_string("flow_dir", None, "scene_flow --saved_model: KITTI flow PNGs "
+                        "(<id>_10.png, t -> t+1) of the method, used to bring the t+1 disparity "
+                        "into frame t's layout for D2 (without it D2 is computed unwarped).")
+    flags.DEFINE_string("motion_model", None, "scene_flow --saved_model: an object-motion "
+                        "SavedModel (image_a = t, image_b = t+1 -> transform, residual) whose "
+                        "3-D motion gives the t+1 disparity in frame t's layout for D2.")
+    flags.DEFINE_string("calib_dir", None, "scene_flow --saved_model: KITTI 2015 "
+                        "calib_cam_to_cam/ (<id>.txt, P_rect_02 gives fx per image).")
+    flags.DEFINE_float("fx", sf_eval.KITTI_FX, "scene_flow --saved_model: focal length (px) at "
+                       "the original image size when there is no --calib_dir.")
+    flags.DEFINE_float("stereo_baseline", sf_eval.KITTI_BASELINE,
+                       "scene_flow --saved_model: stereo baseline (m), disparity = fx b / depth.")
 
 
 # --- Published numbers (../shared/TABLES.md) -------------------------------------------
@@ -123,6 +144,9 @@ PAPER = {
              dict(epe_noc=5.10, epe_all=9.43, fl_all=0.2641)),
     "motion": ("CC 'Joint', KITTI 2015 car pixels (CC Table 6)",
                dict(iou_mean=0.5694, iou_static=0.5577, iou_moving=0.5811)),
+    "scene_flow": ("Lee et al. DAM+CSAC, KITTI Scene Flow 2015 train (Lee Table 4)",
+                   dict(d1_bg=0.286, d1_fg=0.325, d1_all=0.298, d2_bg=0.305, d2_fg=0.357,
+                        d2_all=0.326)),
 }
 
 
@@ -144,13 +168,24 @@ def _json_safe(obj):
 
 
 def write_json(path, result):
-    """Writes `result` (strict JSON: NaN as null); parent directories created."""
-    parent = os.path.dirname(os.fspath(path))
+    """Writes `result` (strict JSON: NaN as null) atomically: a temporary file in the same
+    directory is renamed over `path`, so a failure never leaves a truncated file; parent
+    directories created."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(result), f, indent=2, sort_keys=True)
-        f.write("\n")
+    text = json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _fmt(v, digits=4):
@@ -530,7 +565,192 @@ def run_motion():
                    ("iou_mean", "iou_static", "iou_moving"), result, "motion")
 
 
-RUNNERS = {"depth": run_depth, "odometry": run_odometry, "flow": run_flow, "motion": run_motion}
+# --- scene flow (Lee et al. Table 4) -----------------------------------------------------
+
+def kitti2015_intrinsics(calib_dir, name, size, default_fx):
+    """K (3x3, original image size) of KITTI 2015 image `name` (`NNNNNN_10.png`): P_rect_02
+    of `calib_dir/NNNNNN.txt` (data_scene_flow_calib's calib_cam_to_cam/); without
+    `calib_dir`, fx = fy = `default_fx` and the principal point at the centre of `size`
+    ((height, width))."""
+    if not calib_dir:
+        h, w = size
+        return np.array([[default_fx, 0.0, (w - 1) / 2.0], [0.0, default_fx, (h - 1) / 2.0],
+                         [0.0, 0.0, 1.0]])
+    from coopnet_tf.data import kitti  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.data.convert import ConversionError  # pylint: disable=import-outside-toplevel
+    path = os.path.join(calib_dir, name.split("_")[0] + ".txt")
+    try:
+        K, calib_size = kitti.raw_camera_calibration_file(path, "image_02")
+    except ConversionError as err:
+        raise InputError(str(err)) from err
+    if tuple(calib_size) != tuple(size):
+        raise InputError(f"{path}: S_rect_02 is {calib_size[0]}x{calib_size[1]} (HxW) but image "
+                         f"{name} is {size[0]}x{size[1]}")
+    return K
+
+
+def _object_motion(motion_signature, image_a_path, image_b_path, height, width):
+    """(transform [4, 4] T_a->b, residual [h, w, 3]) of an EXPORT_OBJECT_MOTION SavedModel."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    a, _ = load_image(image_a_path, height, width)
+    b, _ = load_image(image_b_path, height, width)
+    out = motion_signature(image_a=tf.constant(a[None]), image_b=tf.constant(b[None]))
+    return out["transform"].numpy()[0].astype(np.float64), out["residual"].numpy()[0]
+
+
+def predict_scene_flow_dir(signature, image_dir, pred_dir, names, height, width, batch_size,
+                           gt_dir=None, flow_dir=None, motion_signature=None, calib_dir=None,
+                           fx=sf_eval.KITTI_FX, baseline=sf_eval.KITTI_BASELINE,
+                           median_scaling=True, pred_depth_scale_factor=1.0):
+    """Runs a depth SavedModel (EXPORT_DEPTH) on `<id>_10.png` (t) and `<id>_11.png` (t+1)
+    and writes devkit disparity PNGs `pred_dir/disp_0/` and `pred_dir/disp_1/`.
+
+    Per image: inverse depth resized bilinearly to the original size, disparity =
+    fx · baseline / depth; with `median_scaling` both frames are multiplied by the one
+    scale `median(gt) / median(pred)` of frame t on the valid pixels of
+    `gt_dir/disp_occ_0/` (fx · baseline then cancels), else depth is multiplied by
+    `pred_depth_scale_factor`. disp_1 must be in frame t's layout (the devkit's D2):
+    * `motion_signature` (an object-motion SavedModel, inputs image_a = t, image_b = t+1,
+      outputs `transform` T_t->t+1 and `residual` r): disp_1 = fx b / Z of
+      `R (X_t + r) + t`, X_t from the frame-t depth (`scene_flow.disparity_after_motion`;
+      the t+1 depth map is not used);
+    * else `flow_dir` (the method's KITTI flow PNGs t -> t+1): the t+1 disparity resampled
+      along the flow (`scene_flow.warp_to_first_frame`);
+    * else disp_1 stays in frame t+1's layout (not the devkit's D2; docs/evaluation.md).
+
+    Returns:
+      dict name -> {"scale", "fx"} per image.
+    """
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    if median_scaling and not gt_dir:
+        raise app.UsageError("median scaling needs --gt_dir (disp_occ_0); or --nomedian_scaling")
+    if flow_dir and motion_signature is not None:
+        raise app.UsageError("give --flow_dir or --motion_model for D2, not both")
+    for d in (image_dir, flow_dir, calib_dir):
+        if d and not os.path.isdir(d):
+            raise FileNotFoundError(f"directory {d} not found")
+    paths = []
+    for name in names:
+        for t_name in (name, name.replace("_10.", "_11.")):
+            path = os.path.join(image_dir, t_name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"missing image {path} (frame pair of {name})")
+            paths.append(path)
+    inv_depth = predict_disparities(signature, paths, height, width, batch_size)
+    check_finite(inv_depth, "inverse depth", "output of the depth SavedModel (images ordered "
+                 "<id>_10, <id>_11 per sorted pair)", positive=True)
+    info = {}
+    for i, name in enumerate(names):
+        with Image.open(paths[2 * i]) as im:
+            w_full, h_full = im.size
+        K = kitti2015_intrinsics(calib_dir, name, (h_full, w_full), fx)
+        fxb = float(K[0, 0]) * baseline
+        inv = [resize_bilinear(inv_depth[2 * i + k], h_full, w_full).astype(np.float64)
+               for k in (0, 1)]
+        disp = [fxb * inv[0], fxb * inv[1]]
+        if motion_signature is not None:
+            shape = motion_signature.structured_input_signature[1]["image_a"].shape
+            mh, mw = (shape[1], shape[2]) if shape.rank == 4 else (None, None)
+            mh, mw = (mh, mw) if mh and mw else (height, width)
+            transform, residual = _object_motion(motion_signature, paths[2 * i],
+                                                 paths[2 * i + 1], mh, mw)
+            residual = resize_bilinear(residual, h_full, w_full)
+            disp[1] = sf_eval.disparity_after_motion(1.0 / inv[0], transform, residual, K, fxb)
+        elif flow_dir:
+            flow_path = os.path.join(flow_dir, name)
+            if not os.path.isfile(flow_path):
+                raise FileNotFoundError(f"missing flow {flow_path} (--flow_dir, for D2 of {name})")
+            flow, _ = kitti_flow_io.read_flow_png(flow_path)
+            if flow.shape[:2] != (h_full, w_full):
+                raise InputError(f"{flow_path} is {flow.shape[0]}x{flow.shape[1]} but image "
+                                 f"{paths[2 * i]} is {h_full}x{w_full}")
+            disp[1] = sf_eval.warp_to_first_frame(disp[1], flow)
+        if median_scaling:
+            gt_path = os.path.join(gt_dir, sf_eval.LAYOUT["d1"][0], name)
+            gt, _ = kitti_flow_io.read_disp_png(gt_path)
+            if gt.shape != (h_full, w_full):
+                raise InputError(f"{gt_path} is {gt.shape[0]}x{gt.shape[1]} but image "
+                                 f"{paths[2 * i]} is {h_full}x{w_full}")
+            scale = sf_eval.median_scale(disp[0], gt)
+            if not math.isfinite(scale):
+                raise InputError(f"{gt_path}: no valid ground-truth pixel for the median scaling")
+        else:
+            scale = 1.0 / pred_depth_scale_factor
+        for k, sub in enumerate(("disp_0", "disp_1")):
+            kitti_flow_io.write_disp_png(os.path.join(pred_dir, sub, name), disp[k] * scale)
+        info[name] = {"scale": scale, "fx": float(K[0, 0])}
+        logging.info("scene-flow disparities %d/%d", i + 1, len(names))
+    return info
+
+
+def _scene_flow_names():
+    if FLAGS.gt_dir:
+        return sf_eval.list_gt_names(FLAGS.gt_dir)
+    return [os.path.basename(p) for p in list_images(FLAGS.image_dir, "*_10.png")]
+
+
+def _d2_layout():
+    if FLAGS.motion_model:
+        return (f"disparity at t+1 of frame t's points from the frame-t depth and the 3-D "
+                f"motion (R (X + r) + t) of {FLAGS.motion_model}")
+    if FLAGS.flow_dir:
+        return f"t+1 disparity warped into frame t along the flow of {FLAGS.flow_dir}"
+    return ("NOT the devkit's D2: no --motion_model or --flow_dir, so the t+1 disparity stays in "
+            "frame t+1's layout and pixel p of it is compared with the GT of pixel p of frame t")
+
+
+def run_scene_flow():
+    """`scene_flow` subcommand: D1 / D2 (Lee Table 4), optionally predicting first."""
+    meta = {}
+    if FLAGS.saved_model:
+        _require("image_dir", "pred_dir")
+        names = _scene_flow_names()
+        signature = load_signature(FLAGS.saved_model)
+        height, width = model_input_size(signature, "image")
+        motion = load_signature(FLAGS.motion_model) if FLAGS.motion_model else None
+        info = predict_scene_flow_dir(
+            signature, FLAGS.image_dir, FLAGS.pred_dir, names, height, width, FLAGS.batch_size,
+            gt_dir=FLAGS.gt_dir, flow_dir=FLAGS.flow_dir, motion_signature=motion,
+            calib_dir=FLAGS.calib_dir, fx=FLAGS.fx, baseline=FLAGS.stereo_baseline,
+            median_scaling=FLAGS.median_scaling,
+            pred_depth_scale_factor=FLAGS.pred_depth_scale_factor)
+        print(f"wrote {len(names)} disparity pairs to {FLAGS.pred_dir}/disp_0, disp_1")
+        meta = {
+            "saved_model": FLAGS.saved_model,
+            "disparity": f"fx * {FLAGS.stereo_baseline:g} m / depth, K from "
+                         + (f"{FLAGS.calib_dir} (P_rect_02)" if FLAGS.calib_dir else
+                            f"--fx={FLAGS.fx:g}, principal point at the image centre"),
+            "scale_alignment": (
+                "per-image median(GT disp_occ_0) / median(predicted disparity at t) on valid GT "
+                "pixels, applied to both frames of the pair" if FLAGS.median_scaling else
+                f"none (depth x {FLAGS.pred_depth_scale_factor:g})"),
+            "scale_per_image": {n: v["scale"] for n, v in info.items()},
+            "d2_layout": _d2_layout(),
+        }
+        if not (FLAGS.flow_dir or FLAGS.motion_model):
+            logging.warning("scene_flow: %s", meta["d2_layout"])
+        if not FLAGS.gt_dir:
+            return None
+    _require("gt_dir", "pred_dir")
+    result = sf_eval.evaluate_scene_flow_dirs(FLAGS.gt_dir, FLAGS.pred_dir)
+    result.update(meta)
+    if FLAGS.plot_dir:
+        from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+        name = result["per_image"][0]["name"]
+        stem = os.path.splitext(name)[0]
+        for metric, (gt_sub, pred_sub) in sf_eval.LAYOUT.items():
+            gt, _ = kitti_flow_io.read_disp_png(os.path.join(FLAGS.gt_dir, gt_sub, name))
+            pred, _ = kitti_flow_io.read_disp_png(os.path.join(FLAGS.pred_dir, pred_sub, name))
+            plots.save_rgb(os.path.join(FLAGS.plot_dir, f"{stem}_{metric}_error.png"),
+                           sf_eval.error_image(pred, gt))
+            plots.save_rgb(os.path.join(FLAGS.plot_dir, f"{stem}_{pred_sub}.png"),
+                           visualize.colorize_disparity(pred))
+    return _report(f"scene flow disparity (KITTI 2015, {result['n_images']} images; outlier "
+                   f"fractions pooled over pixels)", sf_eval.METRIC_NAMES, result, "scene_flow")
+
+
+RUNNERS = {"depth": run_depth, "odometry": run_odometry, "flow": run_flow, "motion": run_motion,
+           "scene_flow": run_scene_flow}
 
 
 def main(argv):

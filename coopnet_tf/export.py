@@ -5,8 +5,11 @@ r"""Exports trained networks as TF-Serving SavedModels.
         [--models=depth,pose,flow]
 
 writes ``<export_dir>/<name>/<version>/`` (the layout TF Serving's model server watches)
-for ``name`` in ``depth``, ``pose``, ``flow``, each with one ``serving_default`` signature
-(names from `coopnet_tf.specs`):
+for ``name`` in ``depth``, ``pose``, ``flow`` — for a Lee et al. run
+(``train_and_evaluate.method = 'lee'``) ``depth``, ``pose`` (its motion net's ego-motion,
+`LeePoseServing`: the depth net on both images, then the ego branch) and
+``object_motion`` — each with one ``serving_default`` signature (names from
+`coopnet_tf.specs`):
 
 | model | inputs (float32, [0, 1]) | outputs |
 |---|---|---|
@@ -14,6 +17,7 @@ for ``name`` in ``depth``, ``pose``, ``flow``, each with one ``serving_default``
 | pose  | ``image_a``, ``image_b`` ``[B, H, W, 3]`` (temporal order) | ``pose_vector [B, 6]`` (axis-angle, translation), ``transform [B, 4, 4]`` (T_a->b) |
 | flow  | ``image_a``, ``image_b`` ``[B, H, W, 3]`` | ``flow [B, H, W, 2]`` (pixels, a -> b, channel 0 = x) |
 | motion | ``image_prev``, ``image``, ``image_next`` ``[B, H, W, 3]``, ``intrinsics [B, 3, 3]`` | Competitive Collaboration runs: ``m_minus``, ``m_plus`` (moderator, 1 = static), ``masknet``, ``consensus``, ``joint`` (CC Eq. 14) ``[B, H, W, 1]``, ``composite_flow [B, H, W, 2]`` (Eq. 15, image -> image_next) |
+| object_motion | ``image_a`` (target), ``image_b`` ``[B, H, W, 3]``, ``intrinsics [B, 3, 3]`` | Lee et al. runs: ``pose_vector [B, 6]``, ``transform [B, 4, 4]`` (T_a->b), ``residual [B, H, W, 3]`` (m at the depth's scale, camera a; X_b = R (X_a + r) + t) |
 
 H, W default to the training resolution. The architecture is read from the operative gin
 config the training loop wrote into ``model_dir``; the weights from the latest checkpoint
@@ -262,6 +266,76 @@ class MotionServing(tf.Module):
         return out
 
 
+class _LeeServing(tf.Module):
+    """Shared part of Lee et al.'s serving modules: depth of both images, then the motion
+    net's branches (`training.lee_step.predict_motion`)."""
+
+    def __init__(self, depth_net, motion_net, height: int, width: int,
+                 rotation_mode: str = "axis_angle", min_depth: float = specs.MIN_DEPTH,
+                 max_depth: float = specs.MAX_DEPTH, name: str = "lee_serving"):
+        super().__init__(name=name)
+        from coopnet_tf.models import motion_branches  # pylint: disable=import-outside-toplevel
+        self.depth_net, self.motion_net = depth_net, motion_net
+        self.ego_net, self.residual_net = motion_branches(motion_net)
+        self.rotation_mode = rotation_mode
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.height, self.width = int(height), int(width)
+
+    def _motion(self, image_a, image_b, intrinsics=None):
+        from coopnet_tf.models import disp_to_depth  # pylint: disable=import-outside-toplevel
+        from coopnet_tf.training import lee_step  # pylint: disable=import-outside-toplevel
+        checked = validate_inputs({"image_a": image_a, "image_b": image_b}, self.height,
+                                  self.width, intrinsics)
+        image_a, image_b = checked["image_a"], checked["image_b"]
+        sigmoid = self.depth_net(tf.concat([image_a, image_b], 0), training=False)[0]
+        _, depth = disp_to_depth(tf.cast(sigmoid, tf.float32), self.min_depth, self.max_depth)
+        b = tf.shape(image_a)[0]
+        return lee_step.predict_motion(
+            self.ego_net, self.residual_net, image_a, image_b, depth[:b], depth[b:],
+            checked.get("intrinsics"), self.rotation_mode,
+            with_residual=intrinsics is not None, training=False)
+
+
+class LeePoseServing(_LeeServing):
+    """A Lee et al. run's ego-motion behind the ``pose`` signature: ``image_a, image_b``
+    -> ``{"pose_vector" [B, 6], "transform" [B, 4, 4]}`` (T_a->b): the depth net on both
+    images, then the motion net's ego branch on (I_a, I_b, D_a, D_b)."""
+
+    def __init__(self, depth_net, motion_net, height: int, width: int,
+                 rotation_mode: str = "axis_angle"):
+        super().__init__(depth_net, motion_net, height, width, rotation_mode,
+                         name="lee_pose_serving")
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec.from_spec(spec, name="image_a"),
+            tf.TensorSpec.from_spec(spec, name="image_b")])
+
+    def _serve(self, image_a, image_b):
+        out = self._motion(image_a, image_b)
+        return {"pose_vector": out["vectors"], "transform": out["transforms"]}
+
+
+class ObjectMotionServing(_LeeServing):
+    """Lee et al.'s motion (specs.EXPORT_OBJECT_MOTION): ``image_a`` (target),
+    ``image_b`` (source), ``intrinsics`` -> ``pose_vector``, ``transform`` (T_a->b) and
+    ``residual [B, H, W, 3]``: both stages of Lee Sec. 3.1, X_b = R (X_a + r) + t."""
+
+    def __init__(self, depth_net, motion_net, height: int, width: int,
+                 rotation_mode: str = "axis_angle"):
+        super().__init__(depth_net, motion_net, height, width, rotation_mode,
+                         name="object_motion_serving")
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec.from_spec(spec, name="image_a"),
+            tf.TensorSpec.from_spec(spec, name="image_b"),
+            tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics")])
+
+    def _serve(self, image_a, image_b, intrinsics):
+        out = self._motion(image_a, image_b, intrinsics)
+        return {"pose_vector": out["vectors"], "transform": out["transforms"],
+                "residual": out["residual"]}
+
+
 def save_serving_module(module: tf.Module, path: str, overwrite: bool = False) -> str:
     """Saves ``module`` with its ``serve`` function as ``serving_default`` at ``path``.
 
@@ -300,7 +374,8 @@ def _exists_message(path: str) -> str:
 def export_models(export_dir: str, version: int, height: int, width: int, depth_net=None,
                   pose_net=None, flow_net=None, names: Sequence[str] = ("depth", "pose", "flow"),
                   rotation_mode: str = "axis_angle", overwrite: bool = False,
-                  moderator=None, flow_threshold: float = 1e-3) -> Dict[str, str]:
+                  moderator=None, flow_threshold: float = 1e-3,
+                  motion_net=None) -> Dict[str, str]:
     """Writes the requested SavedModels; returns name -> path.
 
     Args:
@@ -308,11 +383,13 @@ def export_models(export_dir: str, version: int, height: int, width: int, depth_
       version: positive integer version directory (TF Serving serves the highest).
       height, width: serving input size (multiples of 32).
       depth_net, pose_net, flow_net: Keras models (restored).
-      names: subset of ``specs.EXPORT_DEPTH/POSE/FLOW/MOTION``.
+      names: subset of ``specs.EXPORT_DEPTH/POSE/FLOW/MOTION/OBJECT_MOTION``.
       rotation_mode: pose parametrisation used in training.
       overwrite: replace existing version directories (default: refuse).
       moderator: Competitive Collaboration's moderator (needed for ``motion``).
       flow_threshold: λ_c (px) of the ``motion`` model's consensus mask.
+      motion_net: a Lee et al. run's motion net: ``pose`` then serves its ego-motion
+        (`LeePoseServing`), and ``object_motion`` is available.
 
     Raises:
       FileExistsError: a requested ``<name>/<version>`` exists and ``overwrite`` is False
@@ -322,12 +399,20 @@ def export_models(export_dir: str, version: int, height: int, width: int, depth_
     if int(version) < 1:
         raise ValueError(f"version must be a positive integer (TF Serving), got {version}")
     unknown = [n for n in names if n not in (specs.EXPORT_DEPTH, specs.EXPORT_POSE,
-                                             specs.EXPORT_FLOW, specs.EXPORT_MOTION)]
+                                             specs.EXPORT_FLOW, specs.EXPORT_MOTION,
+                                             specs.EXPORT_OBJECT_MOTION)]
     if unknown:
-        raise ValueError(f"unknown model {unknown[0]!r}; expected depth, pose, flow or motion")
+        raise ValueError(f"unknown model {unknown[0]!r}; expected depth, pose, flow, motion "
+                         "or object_motion")
     if specs.EXPORT_MOTION in names and moderator is None:
         raise ValueError("the motion model needs a Competitive Collaboration run (its "
                          "checkpoint has no moderator_net)")
+    if specs.EXPORT_OBJECT_MOTION in names and motion_net is None:
+        raise ValueError("the object_motion model needs a Lee et al. run "
+                         "(train_and_evaluate.method = 'lee')")
+    if motion_net is not None and specs.EXPORT_FLOW in names:
+        raise ValueError("a Lee et al. run has no flow network; export depth, pose, "
+                         "object_motion")
     paths = {name: os.path.join(export_dir, name, str(int(version))) for name in names}
     existing = [p for p in paths.values() if tf.io.gfile.exists(p)]
     if existing and not overwrite:
@@ -335,8 +420,12 @@ def export_models(export_dir: str, version: int, height: int, width: int, depth_
     for name, path in paths.items():
         if name == specs.EXPORT_DEPTH:
             module = DepthServing(depth_net, height, width)
+        elif name == specs.EXPORT_POSE and motion_net is not None:
+            module = LeePoseServing(depth_net, motion_net, height, width, rotation_mode)
         elif name == specs.EXPORT_POSE:
             module = PoseServing(pose_net, height, width, rotation_mode)
+        elif name == specs.EXPORT_OBJECT_MOTION:
+            module = ObjectMotionServing(depth_net, motion_net, height, width, rotation_mode)
         elif name == specs.EXPORT_MOTION:
             module = MotionServing(moderator, depth_net, pose_net, flow_net, height, width,
                                    rotation_mode, flow_threshold)
@@ -394,7 +483,7 @@ def query_config(name: str, default):
 
 def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optional[int] = None,
                      width: Optional[int] = None):
-    """Builds the run's three networks from its operative config and restores them.
+    """Builds a CoopNet run's three networks from its operative config and restores them.
 
     Returns:
       (depth_net, pose_net, flow_net, info) with info = dict(height, width, step,
@@ -403,6 +492,10 @@ def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optiona
     from coopnet_tf import models  # pylint: disable=import-outside-toplevel
 
     load_run_config(model_dir)
+    if query_config("train_and_evaluate.method", "coopnet") == "lee":
+        raise ValueError(f"{model_dir} is a Lee et al. run (train_and_evaluate.method = "
+                         "'lee'): it has depth and motion nets, no pose or flow net; use "
+                         "restore_lee_networks or export_from_model_dir")
     height = int(height or query_config("train_and_evaluate.height", 128))
     width = int(width or query_config("train_and_evaluate.width", 416))
     rotation_mode = query_config("step_options.rotation_mode", "axis_angle")
@@ -420,12 +513,56 @@ def restore_networks(model_dir: str, checkpoint: str = "latest", height: Optiona
     return depth_net, pose_net, flow_net, info
 
 
+def run_method(model_dir: str) -> str:
+    """The training method of a run ('coopnet' or 'lee', `train_and_evaluate.method`)."""
+    load_run_config(model_dir)
+    return str(query_config("train_and_evaluate.method", "coopnet"))
+
+
+def restore_lee_networks(model_dir: str, checkpoint: str = "latest",
+                         height: Optional[int] = None, width: Optional[int] = None):
+    """Builds a Lee et al. run's depth and motion nets from its operative config and
+    restores them.
+
+    Returns:
+      (depth_net, motion_net, info) with info as `restore_networks`'s.
+    """
+    from coopnet_tf import models  # pylint: disable=import-outside-toplevel
+
+    load_run_config(model_dir)
+    height = int(height or query_config("train_and_evaluate.height", 128))
+    width = int(width or query_config("train_and_evaluate.width", 416))
+    path = find_checkpoint(model_dir, checkpoint)
+    depth_net = models.build_depth_net(height=height, width=width)
+    motion_net = models.build_motion_net(height=height, width=width)
+    step = tf.Variable(0, dtype=tf.int64)
+    # same object names as the training loop's checkpoint (training/factories.LeeMethod)
+    tf.train.Checkpoint(depth_net=depth_net, motion_net=motion_net,
+                        global_step=step).restore(path).expect_partial()
+    info = dict(height=height, width=width, step=int(step.numpy()), checkpoint=path,
+                rotation_mode=query_config("lee.rotation_mode", "axis_angle"))
+    return depth_net, motion_net, info
+
+
+DEFAULT_MODELS = {"coopnet": (specs.EXPORT_DEPTH, specs.EXPORT_POSE, specs.EXPORT_FLOW),
+                  "lee": (specs.EXPORT_DEPTH, specs.EXPORT_POSE, specs.EXPORT_OBJECT_MOTION)}
+
+
 def export_from_model_dir(model_dir: str, export_dir: str, version: Optional[int] = None,
                           checkpoint: str = "latest", height: Optional[int] = None,
                           width: Optional[int] = None,
-                          names: Sequence[str] = ("depth", "pose", "flow"),
+                          names: Optional[Sequence[str]] = None,
                           overwrite: bool = False) -> Dict[str, str]:
-    """Restores a training run and exports its networks (see module docstring)."""
+    """Restores a training run and exports its networks (see module docstring); ``names``
+    None: the method's `DEFAULT_MODELS`."""
+    if run_method(model_dir) == "lee":
+        depth_net, motion_net, info = restore_lee_networks(model_dir, checkpoint, height, width)
+        return export_models(export_dir, version or max(info["step"], 1), info["height"],
+                             info["width"], depth_net,
+                             names=names or DEFAULT_MODELS["lee"],
+                             rotation_mode=info["rotation_mode"], overwrite=overwrite,
+                             motion_net=motion_net)
+    names = names or DEFAULT_MODELS["coopnet"]
     depth_net, pose_net, flow_net, info = restore_networks(model_dir, checkpoint, height, width)
     if version is None:
         version = max(info["step"], 1)
@@ -456,7 +593,8 @@ def main(argv):
         paths = export_from_model_dir(
             flags_.model_dir, flags_.export_dir, flags_.version, flags_.checkpoint,
             flags_.height, flags_.width,
-            [n.strip() for n in flags_.models.split(",") if n.strip()], flags_.overwrite)
+            [n.strip() for n in flags_.models.split(",") if n.strip()] or None,
+            flags_.overwrite)
     except FileExistsError as err:
         raise SystemExit(f"export: {err}") from None
     for name, path in paths.items():
@@ -474,8 +612,9 @@ def _define_flags():
     flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a checkpoint path")
     flags.DEFINE_integer("height", None, "serving input height (default: training height)")
     flags.DEFINE_integer("width", None, "serving input width (default: training width)")
-    flags.DEFINE_string("models", "depth,pose,flow",
-                        "comma-separated subset to export (+ motion for a CC run)")
+    flags.DEFINE_string("models", "",
+                        "comma-separated subset to export (default: depth,pose,flow; a Lee "
+                        "et al. run: depth,pose,object_motion; + motion for a CC run)")
     flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 

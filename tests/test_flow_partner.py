@@ -156,7 +156,7 @@ def test_backward_photometric_term_in_the_step(gt_batch):
     # the backward term's domain is the range map of F_{t->s}: source pixels seen from t
     np.testing.assert_array_equal(
         f_on["non_occluded_source"].numpy(),
-        step_lib._to_batch_source(  # pylint: disable=protected-access
+        step_lib.to_batch_source(
             step_lib.consistency.non_occluded_mask(f_on["flow_fw"][0]),
             len(specs.SOURCE_INDICES)).numpy())
 
@@ -218,7 +218,7 @@ def test_flow_image_pyramid_in_the_step(gt_batch):
                                                *frames.shape[2:4])
         np.testing.assert_allclose(
             f_on["phi_flow"][scale].numpy(),
-            step_lib._to_batch_source(expected, len(specs.SOURCE_INDICES)).numpy(),  # pylint: disable=protected-access
+            step_lib.to_batch_source(expected, len(specs.SOURCE_INDICES)).numpy(),
             atol=1e-5)
         assert not np.allclose(f_on["phi_flow"][scale].numpy(), f_off["phi_flow"][scale].numpy())
 

@@ -55,6 +55,16 @@ def define_image_flags(default_resize: str = "", static_filter: bool = True) -> 
                            "differ by ~0.05).")
 
 
+def define_box_flags() -> None:
+    """--boxes_dir: optional 2-D boxes per frame (coopnet_tf/data/boxes.py formats)."""
+    flags.DEFINE_string(
+        "boxes_dir", "",
+        "Optional 2-D object boxes: one file per frame at <boxes_dir>/<frame path relative to "
+        "--data_path>.txt (KITTI object-label lines) or .json ({\"boxes\": [[x1, y1, x2, y2, "
+        "score, class], ...]}, detector xyxy pixels); boxes in pixels of the native frame, "
+        "carried through the crop and resize. Empty = records without boxes.")
+
+
 def image_options():
     from coopnet_tf.data import convert
 
@@ -81,6 +91,13 @@ def run(tool: str, build_items, encode_fn, config: dict, prefix: str) -> None:
     from coopnet_tf.data import convert
 
     logging.getLogger().setLevel(logging.INFO)
+    if "boxes_dir" in FLAGS and FLAGS.boxes_dir:
+        boxes_dir = os.path.abspath(FLAGS.boxes_dir)
+        items_without_boxes = build_items
+
+        def build_items():
+            return convert.attach_boxes(items_without_boxes(), FLAGS.data_path, boxes_dir)
+        config = dict(config, boxes_dir=boxes_dir)
     try:
         items = build_items()
         logging.info("%s: %d examples to write into %s", tool, len(items), FLAGS.output_dir)

@@ -27,6 +27,7 @@ flags.DEFINE_string("expected_size", "1024x2048", "HEIGHTxWIDTH every frame must
 flags.mark_flag_as_required("data_path")
 _common.define_writer_flags()
 _common.define_image_flags()
+_common.define_box_flags()
 flags.adopt_module_key_flags(_common)  # list the shared flags under --help
 
 

@@ -29,6 +29,7 @@ flags.DEFINE_bool("with_poses", True, "Store gt/pose when ROOT/poses/<XX>.txt ex
 flags.mark_flag_as_required("data_path")
 _common.define_writer_flags(default_prefix="train")
 _common.define_image_flags()
+_common.define_box_flags()
 flags.adopt_module_key_flags(_common)  # list the shared flags under --help
 
 

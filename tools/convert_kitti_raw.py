@@ -30,6 +30,7 @@ flags.DEFINE_string("img_ext", "png", "Image extension (png as downloaded; jpg f
 flags.mark_flag_as_required("data_path")
 _common.define_writer_flags()
 _common.define_image_flags()
+_common.define_box_flags()
 flags.adopt_module_key_flags(_common)  # list the shared flags under --help
 
 

@@ -3,6 +3,7 @@
     python3 tools/make_synthetic.py --output_dir=data/synthetic_64x192
     python3 tools/make_synthetic.py --output_dir=data/synthetic_128x416 --height=128 \
         --width=416 --num_sequences=40 --moving_fraction=0.5 --seed=1
+    python3 tools/make_synthetic.py --output_dir=data/synthetic_jittered --box_jitter=0.1
 
 Training normally does not need this: `coopnet_tf.data.synthetic.ensure_synthetic_dataset`
 generates the same data into a cache on first use. Files: <output_dir>/{train,val,test}-
@@ -30,6 +31,10 @@ flags.DEFINE_float("moving_fraction", 0.5, "Fraction of those boxes that move, i
 flags.DEFINE_integer("seed", 0, "World seed (the output is a deterministic function of the flags).")
 flags.DEFINE_integer("train_shards", 8, "TFRecord files of the train split.")
 flags.DEFINE_integer("eval_shards", 2, "TFRecord files of the val and test splits.")
+flags.DEFINE_float("box_jitter", 0.0,
+                   "Object boxes as a detector's: each side moved out by a random fraction of the "
+                   "box size up to this (Lee et al.: 0.1); 0 = exact boxes.")
+flags.DEFINE_float("box_miss_rate", 0.0, "Probability that an object's box is left out of a frame.")
 flags.DEFINE_bool("overwrite", False, "Rewrite a finished dataset in --output_dir.")
 flags.mark_flag_as_required("output_dir")
 
@@ -49,7 +54,8 @@ def main(argv):
         num_val_sequences=FLAGS.num_val_sequences, num_test_sequences=FLAGS.num_test_sequences,
         frames_per_sequence=FLAGS.frames_per_sequence, num_objects=FLAGS.num_objects,
         moving_fraction=FLAGS.moving_fraction, seed=FLAGS.seed,
-        train_shards=FLAGS.train_shards, eval_shards=FLAGS.eval_shards)
+        train_shards=FLAGS.train_shards, eval_shards=FLAGS.eval_shards,
+        box_jitter=FLAGS.box_jitter, box_miss_rate=FLAGS.box_miss_rate)
     if synthetic.is_complete(FLAGS.output_dir) and not FLAGS.overwrite:
         summary = synthetic.dataset_summary(FLAGS.output_dir)
         if summary["config"] == json.loads(json.dumps(dataclasses.asdict(config))):

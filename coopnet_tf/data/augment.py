@@ -3,12 +3,18 @@
 A snippet here is the dict of `coopnet_tf.data.records.parse_snippet` after the frames
 are converted to float32 in [0, 1] (keys `specs.KEY_*`, unbatched: frames [3, H, W, 3],
 intrinsics [3, 3], optional gt_depth [H, W, 1], gt_pose [S, 4, 4], gt_flow [S, H, W, 2],
-gt_moving_mask [S, H, W, 1]). Every random op is *stateless*: it takes a `seed` of shape
-[2] (int32/int64), so a pipeline is reproducible whatever its parallelism.
+gt_moving_mask [S, H, W, 1], gt_object_motion [S, H, W, 3], and the padded boxes of
+`records.padded_boxes`: boxes [3, N, 4], box_mask, box_scores, box_classes [3, N]).
+Every random op is *stateless*: it takes a `seed` of shape [2] (int32/int64), so a
+pipeline is reproducible whatever its parallelism.
 
 Geometry conventions are those of `coopnet_tf.geometry.camera` (pixel centres at integer
 coordinates; a resize scales K's rows by the size ratios, ignoring the half-pixel term as
 every reference repository does; a flip maps column x to W - 1 - x, so cx' = W - 1 - cx).
+Boxes move with the image content: x' = (x + 0.5) W'/W - 0.5 under a resize (the
+half-pixel sampling of tf.image.resize), [x1, x2] -> [W-1-x2, W-1-x1] under a flip, then
+clipped to the image [-0.5, W - 0.5] x [-0.5, H - 0.5] (`data/boxes.py` does the same in
+NumPy for the converters).
 No gin here: the pipeline factory (`pipeline.make_dataset`) is the configurable edge.
 """
 from typing import Dict
@@ -26,8 +32,9 @@ def resize_snippet(snippet: Snippet, height: int, width: int) -> Snippet:
 
     Frames (uint8, or float32 in [0, 1]) come out float32 in [0, 1]: bilinear with
     antialiasing (a widened triangle filter when shrinking, like PIL's resize in
-    Monodepth2). Depth and moving masks: nearest neighbour. Flow: bilinear,
+    Monodepth2). Depth, moving masks and object motion: nearest neighbour. Flow: bilinear,
     values multiplied by the size ratios (x by W'/W, y by H'/H). K: `scale_intrinsics`.
+    Boxes: `resize_boxes`, then `clip_boxes`.
     A snippet already at (height, width) keeps its values (uint8 frames divided by 255).
 
     Args:
@@ -63,6 +70,8 @@ def resize_snippet(snippet: Snippet, height: int, width: int) -> Snippet:
         out[specs.KEY_FRAMES_AUG] = tf.ensure_shape(
             frames_to(snippet[specs.KEY_FRAMES_AUG]), [frames.shape[0], height, width, 3])
     out[specs.KEY_INTRINSICS] = scale_intrinsics(snippet[specs.KEY_INTRINSICS], sx, sy)
+    if specs.KEY_BOXES in snippet:
+        out.update(clip_boxes(resize_boxes(snippet, sx, sy), height, width))
 
     def nearest(x):
         return tf.image.resize(x, size, "nearest")
@@ -73,12 +82,73 @@ def resize_snippet(snippet: Snippet, height: int, width: int) -> Snippet:
     if specs.KEY_GT_MOVING in snippet:
         out[specs.KEY_GT_MOVING] = tf.ensure_shape(
             keep_or(snippet[specs.KEY_GT_MOVING], nearest), [specs.NUM_SOURCES, height, width, 1])
+    if specs.KEY_GT_OBJECT_MOTION in snippet:
+        out[specs.KEY_GT_OBJECT_MOTION] = tf.ensure_shape(
+            keep_or(snippet[specs.KEY_GT_OBJECT_MOTION], nearest),
+            [specs.NUM_SOURCES, height, width, 3])
     if specs.KEY_GT_FLOW in snippet:
         def resize_flow(flow):
             return tf.image.resize(flow, size, "bilinear") * tf.stack([sx, sy])
         out[specs.KEY_GT_FLOW] = tf.ensure_shape(
             keep_or(snippet[specs.KEY_GT_FLOW], resize_flow), [specs.NUM_SOURCES, height, width, 2])
     return out
+
+
+def resize_boxes(snippet: Snippet, sx, sy) -> Snippet:
+    """The box keys of an image resized by (sx, sy) = (W'/W, H'/H): x' = (x + 0.5) sx - 0.5
+    (where tf.image.resize moves the content); padding rows stay 0.
+
+    Args:
+      snippet: dict with `boxes` [..., N, 4] and `box_mask` [..., N] (and scores/classes).
+      sx, sy: float32 scalars.
+
+    Returns:
+      dict of the four box keys.
+    """
+    scale = tf.stack([sx, sy, sx, sy])
+    boxes = (snippet[specs.KEY_BOXES] + 0.5) * scale - 0.5
+    out = {k: snippet[k] for k in _BOX_KEYS}
+    out[specs.KEY_BOXES] = _zero_padding(boxes, snippet[specs.KEY_BOX_MASK])
+    return out
+
+
+def _zero_padding(boxes: tf.Tensor, box_mask: tf.Tensor) -> tf.Tensor:
+    return tf.where(box_mask[..., None] > 0.0, boxes, tf.zeros_like(boxes))
+
+
+def flip_boxes(boxes: tf.Tensor, box_mask: tf.Tensor, width) -> tf.Tensor:
+    """Boxes [..., N, 4] of the image mirrored left-right: [x1, x2] -> [W-1-x2, W-1-x1]
+    (column x -> W - 1 - x, as `flip_intrinsics`); padding rows (mask 0) stay 0."""
+    w = tf.cast(width, boxes.dtype) - 1.0
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+    return _zero_padding(tf.stack([w - x2, y1, w - x1, y2], axis=-1), box_mask)
+
+
+def clip_boxes(snippet: Snippet, height: int, width: int, min_size: float = 0.0) -> Snippet:
+    """The box keys clipped to the image [-0.5, W - 0.5] x [-0.5, H - 0.5]; a box whose
+    clipped width or height is <= `min_size` (e.g. entirely outside) becomes padding
+    (mask 0, coordinates and score 0, class -1).
+
+    Returns:
+      dict of the four box keys.
+    """
+    boxes = snippet[specs.KEY_BOXES]
+    lo = tf.constant([-0.5, -0.5, -0.5, -0.5], boxes.dtype)
+    hi = tf.cast(tf.stack([width, height, width, height]), boxes.dtype) - 0.5
+    boxes = tf.clip_by_value(boxes, lo, hi)
+    keep = tf.logical_and(boxes[..., 2] - boxes[..., 0] > min_size,
+                          boxes[..., 3] - boxes[..., 1] > min_size)
+    keep = tf.logical_and(keep, snippet[specs.KEY_BOX_MASK] > 0.0)
+    keep_f = tf.cast(keep, boxes.dtype)
+    return {
+        specs.KEY_BOXES: _zero_padding(boxes, keep_f),
+        specs.KEY_BOX_MASK: keep_f,
+        specs.KEY_BOX_SCORES: snippet[specs.KEY_BOX_SCORES] * keep_f,
+        specs.KEY_BOX_CLASSES: tf.where(keep, snippet[specs.KEY_BOX_CLASSES], -1),
+    }
+
+
+_BOX_KEYS = (specs.KEY_BOXES, specs.KEY_BOX_MASK, specs.KEY_BOX_SCORES, specs.KEY_BOX_CLASSES)
 
 
 # F = diag(-1, 1, 1, 1) of `flip_snippet`. A Python tuple, not a tensor: a module-level
@@ -92,7 +162,8 @@ def flip_snippet(snippet: Snippet) -> Snippet:
 
     Column x goes to W - 1 - x. K: cx' = W - 1 - cx (`flip_intrinsics`). Camera points
     mirror as X' = F X with F = diag(-1, 1, 1), so poses become F T F (F = diag(-1,1,1,1)),
-    flows are mirrored and their x component negated, depth and masks are mirrored.
+    flows are mirrored and their x component negated, depth and masks are mirrored,
+    object motion r mirrored with r' = F r, boxes mirrored (`flip_boxes`).
 
     Args:
       snippet: unbatched snippet dict (frames [N, H, W, 3] ...).
@@ -112,6 +183,12 @@ def flip_snippet(snippet: Snippet) -> Snippet:
         out[specs.KEY_GT_MOVING] = tf.reverse(snippet[specs.KEY_GT_MOVING], axis=[2])
     if specs.KEY_GT_FLOW in snippet:
         out[specs.KEY_GT_FLOW] = tf.reverse(snippet[specs.KEY_GT_FLOW], axis=[2]) * [-1.0, 1.0]
+    if specs.KEY_GT_OBJECT_MOTION in snippet:
+        out[specs.KEY_GT_OBJECT_MOTION] = (tf.reverse(snippet[specs.KEY_GT_OBJECT_MOTION], axis=[2])
+                                           * [-1.0, 1.0, 1.0])
+    if specs.KEY_BOXES in snippet:
+        out[specs.KEY_BOXES] = flip_boxes(snippet[specs.KEY_BOXES], snippet[specs.KEY_BOX_MASK],
+                                          width)
     if specs.KEY_GT_POSE in snippet:
         flip = tf.linalg.diag(tf.constant(_FLIP_DIAG, snippet[specs.KEY_GT_POSE].dtype))
         out[specs.KEY_GT_POSE] = tf.matmul(tf.matmul(flip, snippet[specs.KEY_GT_POSE]), flip)

@@ -27,7 +27,10 @@ output example) and hands it, with a module-level *encode function*, to
 Images of a snippet are described by `SnippetSource` and encoded by `encode_snippet`
 (decode, size check, optional bottom crop, optional resize, PNG/JPEG encode, K adjusted
 to the stored image, optional static-snippet filter), then serialised with
-`coopnet_tf.data.records.serialize_snippet`.
+`coopnet_tf.data.records.serialize_snippet`. Optional 2-D boxes: `attach_boxes` gives each
+frame its box file under a boxes directory (`box_file`: the frame's path relative to the
+data root, extension .txt or .json; formats in `data/boxes.py`); `encode_snippet` carries
+them through the same crop and resize as the frames (`boxes.stored_boxes`).
 
 TensorFlow is imported lazily (inside the functions that write records), so that the
 converters' `--help` and their input checks run without it.
@@ -54,6 +57,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from coopnet_tf.data import boxes as boxes_lib
 
 MANIFEST_SUFFIX = ".manifest.json"
 TMP_SUFFIX = ".tmp"  # the manifest's temporary (shards: records.atomic_writers)
@@ -196,6 +201,8 @@ class SnippetSource:
         ego-car hood: 0.25); rows kept = int(height * (1 - crop_bottom)). K unchanged.
       layout: the expected layout, quoted in error messages.
       gt_pose: optional 32 floats, [2, 4, 4] T_target->source (KITTI odometry poses).
+      box_paths: optional 3 box files (one per frame, `data/boxes.py` formats) with boxes
+        in pixels of the native frames; None = a record without boxes.
     """
 
     frame_paths: Tuple[str, str, str]
@@ -206,6 +213,50 @@ class SnippetSource:
     crop_bottom: float = 0.0
     layout: str = ""
     gt_pose: Optional[Tuple[float, ...]] = None
+    box_paths: Optional[Tuple[str, str, str]] = None
+
+
+BOX_EXTENSIONS = (".txt", ".json")
+
+
+def box_file(frame_path: str, data_root: str, boxes_dir: str) -> str:
+    """The box file of a frame: <boxes_dir>/<frame path relative to data_root, extension
+    .txt (KITTI labels) or .json>; e.g. ROOT/2011_09_26/<drive>/image_02/data/0000000005.png
+    -> BOXES/2011_09_26/<drive>/image_02/data/0000000005.txt.
+
+    Raises:
+      ConversionError: neither or both of the two files exist (both paths named), or the
+        frame is not under data_root.
+    """
+    rel = os.path.relpath(os.path.abspath(frame_path), os.path.abspath(data_root))
+    if rel.startswith(os.pardir):
+        raise ConversionError(f"frame {frame_path} is not under the data root {data_root}; "
+                              "cannot name its box file")
+    stem = os.path.join(boxes_dir, os.path.splitext(rel)[0])
+    found = [stem + ext for ext in BOX_EXTENSIONS if os.path.isfile(stem + ext)]
+    if len(found) != 1:
+        raise ConversionError(
+            (f"missing box file for frame {frame_path}: expected {stem}.txt (KITTI labels) or "
+             f"{stem}.json (an empty file = no boxes)") if not found else
+            f"two box files for frame {frame_path}: {found[0]} and {found[1]}; keep one")
+    return found[0]
+
+
+def attach_boxes(items: Sequence["SnippetSource"], data_root: str,
+                 boxes_dir: str) -> List["SnippetSource"]:
+    """`items` with `box_paths` set from `box_file` (every file is checked to exist before
+    any shard is written; the contents are read when the snippet is encoded)."""
+    if not os.path.isdir(boxes_dir):
+        raise ConversionError(f"boxes directory {boxes_dir} does not exist")
+    cache: Dict[str, str] = {}
+
+    def path_of(frame):
+        if frame not in cache:
+            cache[frame] = box_file(frame, data_root, boxes_dir)
+        return cache[frame]
+
+    return [dataclasses.replace(item, box_paths=tuple(path_of(f) for f in item.frame_paths))
+            for item in items]
 
 
 def stored_intrinsics(k_native: np.ndarray, native_size: Tuple[int, int], crop_bottom: float,
@@ -271,8 +322,17 @@ def encode_snippet(source: SnippetSource, options: ImageOptions) -> Optional[byt
         else:
             encoded.append(encode_image(image, options.image_format, options.jpeg_quality))
     gt_pose = None if source.gt_pose is None else np.asarray(source.gt_pose, np.float32).reshape(2, 4, 4)
+    boxes = None
+    if source.box_paths is not None:
+        kept = int(native[0] * (1.0 - source.crop_bottom)) if source.crop_bottom else None
+        try:
+            boxes = [boxes_lib.stored_boxes(boxes_lib.read_boxes(p), native, kept, (out_h, out_w))
+                     for p in source.box_paths]
+        except boxes_lib.BoxFormatError as err:
+            raise ConversionError(str(err)) from err
     return records.serialize_snippet(
-        encoded, k, out_h, out_w, source.sequence_id, int(source.frame_id), gt_pose=gt_pose)
+        encoded, k, out_h, out_w, source.sequence_id, int(source.frame_id), gt_pose=gt_pose,
+        boxes=boxes)
 
 
 # --------------------------------------------------------------------------- shards
@@ -599,7 +659,8 @@ def summary_config(**kwargs) -> Dict:
 
 
 __all__: List[str] = [
-    "ConversionError", "ConverterLock", "ImageOptions", "SnippetSource", "Summary", "check_files_exist",
+    "ConversionError", "ConverterLock", "ImageOptions", "SnippetSource", "Summary",
+    "attach_boxes", "box_file", "check_files_exist",
     "check_intrinsics", "crop_intrinsics", "default_num_shards", "encode_image", "encode_snippet",
     "encoder", "load_rgb", "parse_size", "scale_intrinsics", "stored_intrinsics",
     "summary_config", "write_shard", "write_sharded",

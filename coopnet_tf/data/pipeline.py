@@ -9,7 +9,10 @@ live in `augment.py`. Output batches are dicts with the `specs.KEY_*` keys:
 `frames` and `frames_aug` float32 [B, 3, H, W, 3] (clean: for the losses; jittered: for
 the networks), `intrinsics` [B, 3, 3] at (H, W), `sequence_id` string [B], `frame_id`
 int64 [B]; with ground truth also `gt_depth` [B, H, W, 1], `gt_pose` [B, S, 4, 4],
-`gt_flow` [B, S, H, W, 2], `gt_moving_mask` [B, S, H, W, 1].
+`gt_flow` [B, S, H, W, 2], `gt_moving_mask` [B, S, H, W, 1]; with object motion
+`gt_object_motion` [B, S, H, W, 3]; with `max_boxes` = N > 0 the boxes of every frame,
+carried through the resize and flip: `boxes` [B, 3, N, 4] (x1, y1, x2, y2 in pixels of the
+batch image), `box_mask`, `box_scores` [B, 3, N] float32, `box_classes` [B, 3, N] int32.
 
 Errors: a pattern that matches no file raises FileNotFoundError naming the pattern; a
 file that is not a TFRecord file (bad first header) raises ValueError naming it when the
@@ -97,6 +100,8 @@ def make_dataset(
     input_context: Optional[tf.distribute.InputContext] = None,
     repeat: Optional[int] = None,
     cycle_length: int = 8,
+    max_boxes: int = 0,
+    with_object_motion: bool = False,
 ) -> tf.data.Dataset:
     """Batched snippets from TFRecord files (the `records.py` schema).
 
@@ -126,6 +131,10 @@ def make_dataset(
       repeat: passes over the data. None: forever when training, once otherwise;
         -1: forever; n > 0: n passes.
       cycle_length: files read in parallel (interleave) when training.
+      max_boxes: N > 0 adds the box keys, N boxes per frame (the N highest scores of
+        the record's, padded; `box_mask` 1 = a real box); records without boxes give an
+        all-zero mask. 0: no box keys.
+      with_object_motion: also output `gt_object_motion` (synthetic records carry it).
 
     Returns:
       a `tf.data.Dataset` of dicts with the `specs.KEY_*` keys (see the module docstring).
@@ -136,6 +145,8 @@ def make_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_boxes < 0:
+        raise ValueError(f"max_boxes must be >= 0, got {max_boxes}")
     files = list_files(file_pattern)
     for path in files:
         check_file_header(path)
@@ -183,9 +194,11 @@ def make_dataset(
 
     def process(element, pair_seed):
         serialized, path = element
-        with tf.control_dependencies(_check_record(serialized, path, with_ground_truth)):
+        with tf.control_dependencies(_check_record(serialized, path, with_ground_truth,
+                                                   with_object_motion, max_boxes > 0)):
             serialized = tf.identity(serialized)
-        snippet = _drop_size(records.parse_snippet(serialized, with_ground_truth))
+        snippet = _drop_size(records.parse_snippet(serialized, with_ground_truth,
+                                                   with_object_motion, max_boxes))
         # uint8 in; resize_snippet converts to float32 in [0, 1] (after shrinking)
         snippet = augment.resize_snippet(snippet, height, width)
         if training:
@@ -225,9 +238,23 @@ def _png_sizes(images: tf.Tensor):
             tf.reduce_sum(raw[:, :4] * weights, axis=-1))
 
 
-def _check_record(serialized: tf.Tensor, path: tf.Tensor, with_ground_truth: bool):
-    """Asserts that fail with the file name: frames not PNG/JPEG, ground truth missing."""
-    features = tf.io.parse_single_example(serialized, _CHECK_SPEC)
+_CHECK_BOXES_SPEC = {
+    specs.FEATURE_BOX_COUNT: tf.io.VarLenFeature(tf.int64),
+    specs.FEATURE_BOX_VALUES: tf.io.VarLenFeature(tf.float32),
+}
+
+
+def _check_record(serialized: tf.Tensor, path: tf.Tensor, with_ground_truth: bool,
+                  with_object_motion: bool = False, with_boxes: bool = False):
+    """Asserts that fail with the file name: frames not PNG/JPEG, ground truth missing,
+    object motion missing, box features inconsistent."""
+    spec = dict(_CHECK_SPEC)
+    if with_object_motion:
+        spec[specs.FEATURE_GT_OBJECT_MOTION] = tf.io.FixedLenFeature([], tf.string,
+                                                                     default_value="")
+    if with_boxes:
+        spec.update(_CHECK_BOXES_SPEC)
+    features = tf.io.parse_single_example(serialized, spec)
     magic = tf.strings.substr(features[specs.FEATURE_IMAGES], 0, 4)
     ok = tf.reduce_all(tf.logical_or(tf.equal(magic, b"\x89PNG"),
                                      tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8")))
@@ -250,4 +277,22 @@ def _check_record(serialized: tf.Tensor, path: tf.Tensor, with_ground_truth: boo
         checks.append(tf.debugging.Assert(
             has_gt, ["with_ground_truth=True but a record has no ground truth (only the "
                      "synthetic world writes it); file:", path]))
+    if with_object_motion:
+        has_motion = tf.strings.length(features[specs.FEATURE_GT_OBJECT_MOTION]) > 0
+        checks.append(tf.debugging.Assert(
+            has_motion, ["with_object_motion=True but a record has no gt/object_motion (the "
+                         "synthetic world writes it since the box/object-motion schema); file:",
+                         path]))
+    if with_boxes:
+        counts = features[specs.FEATURE_BOX_COUNT].values
+        num_values = tf.cast(tf.size(features[specs.FEATURE_BOX_VALUES].values), tf.int64)
+        boxes_ok = tf.logical_or(
+            tf.logical_and(tf.equal(tf.size(counts), 0), tf.equal(num_values, 0)),
+            tf.logical_and(tf.equal(tf.size(counts), specs.NUM_FRAMES),
+                           tf.logical_and(tf.reduce_all(counts >= 0), tf.equal(
+                               num_values, specs.BOX_FIELDS * tf.reduce_sum(counts)))))
+        checks.append(tf.debugging.Assert(
+            boxes_ok, [f"a record's {specs.FEATURE_BOX_COUNT} / {specs.FEATURE_BOX_VALUES} "
+                       f"disagree ({specs.NUM_FRAMES} counts, {specs.BOX_FIELDS} values per "
+                       "box expected); file:", path, "counts:", counts, "values:", num_values]))
     return checks

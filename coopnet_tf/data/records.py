@@ -3,7 +3,9 @@
 * Schema: one `tf.train.Example` per snippet (target frame plus its two sources); keys
   and layout are defined in `coopnet_tf.specs` (`serialize_snippet` / `parse_snippet`).
   Real datasets carry images and calibration only; the synthetic world adds exact
-  ground truth (depth, per-source camera motion, flow and moving-object masks).
+  ground truth (depth, per-source camera motion, flow, moving-object masks and residual
+  object motion). Any record may carry 2-D object boxes per frame (variable length,
+  `data/boxes.py`); records without them stay valid.
 * Files: ``<dir>/<split>-SSSSS-of-NNNNN.tfrecord`` (`shard_name`, `shard_path`,
   `file_pattern`), written atomically by `atomic_writers` (the converters' and the
   synthetic world's one writer); `list_files` expands patterns, `count_records` counts
@@ -253,6 +255,8 @@ def serialize_snippet(
     gt_pose: Optional[np.ndarray] = None,
     gt_flow: Optional[np.ndarray] = None,
     gt_moving_mask: Optional[np.ndarray] = None,
+    gt_object_motion: Optional[np.ndarray] = None,
+    boxes: Optional[Sequence[np.ndarray]] = None,
 ) -> bytes:
     """Serialises one snippet to a `tf.train.Example` string.
 
@@ -266,6 +270,10 @@ def serialize_snippet(
       gt_pose: optional [NUM_SOURCES, 4, 4] T_target->source.
       gt_flow: optional [NUM_SOURCES, H, W, 2] flow target->source in pixels.
       gt_moving_mask: optional [NUM_SOURCES, H, W] 1 where the target pixel moves.
+      gt_object_motion: optional [NUM_SOURCES, H, W, 3] residual object motion r (m,
+        target camera): X_s = R (X_t + r) + t with (R, t) = gt_pose; 0 on static pixels.
+      boxes: optional NUM_FRAMES arrays [n_i, 6] (x1, y1, x2, y2, score, class) in pixels
+        of the stored image (`data/boxes.py`); n_i may be 0. None writes no box features.
     """
     if len(encoded_frames) != specs.NUM_FRAMES:
         raise ValueError(f"a snippet has {specs.NUM_FRAMES} frames, got {len(encoded_frames)}")
@@ -292,9 +300,36 @@ def serialize_snippet(
     if gt_moving_mask is not None:
         feature[specs.FEATURE_GT_MOVING] = _bytes(
             [_checked(gt_moving_mask, (s, height, width), np.uint8, "gt_moving_mask").tobytes()])
+    if gt_object_motion is not None:
+        feature[specs.FEATURE_GT_OBJECT_MOTION] = _bytes([_checked(
+            gt_object_motion, (s, height, width, 3), np.float32, "gt_object_motion").tobytes()])
+    if boxes is not None:
+        counts, values = _box_features(boxes)
+        feature[specs.FEATURE_BOX_COUNT] = _ints(counts)
+        feature[specs.FEATURE_BOX_VALUES] = _floats(values)
     # deterministic: map entries in key order, so that the bytes do not depend on the process
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
         deterministic=True)
+
+
+def _box_features(boxes: Sequence[np.ndarray]):
+    """(counts [NUM_FRAMES], values [6 * total]) of per-frame box arrays, checked."""
+    if len(boxes) != specs.NUM_FRAMES:
+        raise ValueError(f"boxes must hold {specs.NUM_FRAMES} per-frame arrays, got {len(boxes)}")
+    arrays = []
+    for i, frame_boxes in enumerate(boxes):
+        array = np.asarray(frame_boxes, np.float32)
+        if array.size == 0:
+            array = array.reshape(0, specs.BOX_FIELDS)
+        if array.ndim != 2 or array.shape[1] != specs.BOX_FIELDS:
+            raise ValueError(f"boxes of frame {i} must be [n, {specs.BOX_FIELDS}] (x1, y1, x2, "
+                             f"y2, score, class), got shape {array.shape}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"boxes of frame {i} have non-finite values")
+        if np.any(array[:, 2] < array[:, 0]) or np.any(array[:, 3] < array[:, 1]):
+            raise ValueError(f"boxes of frame {i}: x2 < x1 or y2 < y1")
+        arrays.append(array)
+    return [len(a) for a in arrays], np.concatenate(arrays, 0)
 
 
 def _checked(array, shape, dtype, name) -> np.ndarray:
@@ -317,23 +352,86 @@ _FEATURES = {
     specs.FEATURE_GT_FLOW: tf.io.FixedLenFeature([], tf.string, default_value=""),
     specs.FEATURE_GT_MOVING: tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
+_OBJECT_MOTION_FEATURE = {
+    specs.FEATURE_GT_OBJECT_MOTION: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+_BOX_FEATURES = {
+    specs.FEATURE_BOX_COUNT: tf.io.VarLenFeature(tf.int64),
+    specs.FEATURE_BOX_VALUES: tf.io.VarLenFeature(tf.float32),
+}
 
 
-def parse_snippet(serialized: tf.Tensor, with_ground_truth: bool = False) -> Dict[str, tf.Tensor]:
+def padded_boxes(counts: tf.Tensor, values: tf.Tensor, max_boxes: int) -> Dict[str, tf.Tensor]:
+    """The per-frame boxes of a record, each frame's `max_boxes` highest scores, padded.
+
+    Args:
+      counts: int64 [NUM_FRAMES] boxes per frame, or [0] (a record without boxes).
+      values: float32 [6 * sum(counts)] rows (x1, y1, x2, y2, score, class).
+      max_boxes: N > 0.
+
+    Returns:
+      dict `boxes` [F, N, 4], `box_mask` [F, N], `box_scores` [F, N] float32,
+      `box_classes` [F, N] int32: ties in score keep file order; padding rows are 0 with
+      class -1.
+    """
+    f, n = specs.NUM_FRAMES, max_boxes
+    counts = tf.cond(tf.size(counts) > 0, lambda: counts,
+                     lambda: tf.zeros([f], tf.int64))
+    checks = [
+        tf.debugging.assert_equal(tf.size(counts), f, message=f"{specs.FEATURE_BOX_COUNT} must "
+                                  f"hold {f} per-frame counts"),
+        tf.debugging.assert_non_negative(counts, message=f"negative {specs.FEATURE_BOX_COUNT}"),
+        tf.debugging.assert_equal(
+            tf.cast(tf.size(values), tf.int64), specs.BOX_FIELDS * tf.reduce_sum(counts),
+            message=f"{specs.FEATURE_BOX_VALUES} must hold {specs.BOX_FIELDS} values per box "
+                    f"counted in {specs.FEATURE_BOX_COUNT}"),
+    ]
+    with tf.control_dependencies(checks):
+        rows = tf.reshape(values, [-1, specs.BOX_FIELDS])
+    dense = tf.RaggedTensor.from_row_lengths(rows, counts).to_tensor(
+        default_value=0.0, shape=[f, None, specs.BOX_FIELDS])
+    dense = tf.concat([dense, tf.zeros([f, n, specs.BOX_FIELDS])], axis=1)  # at least n columns
+    valid = tf.sequence_mask(counts, tf.shape(dense)[1])
+    order = tf.argsort(tf.where(valid, -dense[..., 4], 2.0), axis=1, stable=True)[:, :n]
+    top = tf.gather(dense, order, batch_dims=1)                       # [F, N, 6]
+    mask = tf.gather(valid, order, batch_dims=1)
+    top = tf.where(mask[..., None], top, 0.0)
+    return {
+        specs.KEY_BOXES: tf.ensure_shape(top[..., :4], [f, n, 4]),
+        specs.KEY_BOX_MASK: tf.ensure_shape(tf.cast(mask, tf.float32), [f, n]),
+        specs.KEY_BOX_SCORES: tf.ensure_shape(top[..., 4], [f, n]),
+        specs.KEY_BOX_CLASSES: tf.ensure_shape(
+            tf.where(mask, tf.cast(tf.round(top[..., 5]), tf.int32), -1), [f, n]),
+    }
+
+
+def parse_snippet(serialized: tf.Tensor, with_ground_truth: bool = False,
+                  with_object_motion: bool = False, max_boxes: int = 0) -> Dict[str, tf.Tensor]:
     """Parses and decodes one serialised snippet.
 
     Args:
       serialized: scalar string tensor.
       with_ground_truth: also decode the ground-truth fields (the records must have
         them: the synthetic world writes them, real datasets do not).
+      with_object_motion: also decode `gt/object_motion` (synthetic records written since
+        the feature exists carry it).
+      max_boxes: N > 0 adds the box keys (`padded_boxes`); a record without boxes gets an
+        all-zero `box_mask`.
 
     Returns:
       dict with `frames` uint8 [3, H, W, 3], `intrinsics` float32 [3, 3], `height`,
       `width` (int32 scalars), `sequence_id`, `frame_id`; with ground truth also
       `gt_depth` [H, W, 1], `gt_pose` [S, 4, 4], `gt_flow` [S, H, W, 2],
-      `gt_moving_mask` float32 [S, H, W, 1].
+      `gt_moving_mask` float32 [S, H, W, 1]; with object motion `gt_object_motion`
+      [S, H, W, 3]; with boxes `boxes` [3, N, 4], `box_mask`, `box_scores` [3, N],
+      `box_classes` int32 [3, N] (box coordinates in pixels of the stored image).
     """
-    example = tf.io.parse_single_example(serialized, _FEATURES)
+    spec = dict(_FEATURES)
+    if with_object_motion:
+        spec.update(_OBJECT_MOTION_FEATURE)
+    if max_boxes > 0:
+        spec.update(_BOX_FEATURES)
+    example = tf.io.parse_single_example(serialized, spec)
     height = tf.cast(example[specs.FEATURE_HEIGHT], tf.int32)
     width = tf.cast(example[specs.FEATURE_WIDTH], tf.int32)
     frames = tf.map_fn(
@@ -363,4 +461,11 @@ def parse_snippet(serialized: tf.Tensor, with_ground_truth: bool = False) -> Dic
         parsed[specs.KEY_GT_MOVING] = tf.cast(tf.reshape(
             tf.io.decode_raw(example[specs.FEATURE_GT_MOVING], tf.uint8), [s, height, width, 1]),
             tf.float32)
+    if with_object_motion:
+        parsed[specs.KEY_GT_OBJECT_MOTION] = tf.reshape(
+            tf.io.decode_raw(example[specs.FEATURE_GT_OBJECT_MOTION], tf.float32),
+            [specs.NUM_SOURCES, height, width, 3])
+    if max_boxes > 0:
+        parsed.update(padded_boxes(example[specs.FEATURE_BOX_COUNT].values,
+                                   example[specs.FEATURE_BOX_VALUES].values, max_boxes))
     return parsed

@@ -38,7 +38,18 @@ Ground truth of a snippet (target t, sources s in {t-1, t+1}), exact up to float
 * pose: T_target->source (4x4, maps target-camera points into the source camera);
 * flow target->source in pixels: the target pixel's 3-D point, moved with its object
   between t and s when it is on a moving object, projected into the source camera;
-* moving mask: 1 where the target pixel lies on an object that moves between t and s.
+* moving mask: 1 where the target pixel lies on an object that moves between t and s;
+* object motion: the residual 3-D motion r of the target pixel's point between t and s,
+  in the target camera (metres): X_s = R (X_t + r) + t with (R, t) = T_target->source,
+  i.e. r = R_t^T (s - t) v for an object of world velocity v (R_t the target camera's
+  rotation), 0 on static pixels (`Sequence.object_motion`);
+* boxes of every frame: each object's (not the buildings') exact 2-D box, the projection
+  of its 3-D extent (cut by the plane z = 1e-4 in front of the camera) clipped to the
+  image [-0.5, W - 0.5] x [-0.5, H - 0.5], for the objects with at least one pixel in the
+  frame; class Car, Pedestrian or Misc (street furniture) of `data/boxes.CLASSES`,
+  score 1. Like a detector's, they can be widened (`box_jitter`: each side moved out by
+  a uniform random fraction of the box size up to `box_jitter`, Lee et al. train with up
+  to 10 %) and dropped (`box_miss_rate`), seeded per frame (`Sequence.frame_boxes`).
 Occlusion in the source is not masked: the flow says where the point goes, visible or not.
 """
 import dataclasses
@@ -55,9 +66,13 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from coopnet_tf import specs
+from coopnet_tf.data import boxes as boxes_lib
 
-# Bump when the rendered content changes: it is part of the cache key.
+# Bump when the rendered content changes: it is part of the cache key (and of the seeds).
 GENERATOR_VERSION = 2
+# Bump when the record features written change (not the rendering): part of the cache key.
+RECORDS_VERSION = 2  # 2: gt/object_motion and boxes/*
+BOX_NEAR_Z = 1e-4     # boxes: the object's extent is cut by this plane in front of the camera
 
 SPLITS = ("train", "val", "test")
 FINISHED_MARKER = "_FINISHED"
@@ -89,6 +104,9 @@ class WorldConfig:
       moving_fraction: fraction of those boxes that move on their own, in [0, 1].
       seed: everything is a deterministic function of the config and this seed.
       train_shards, eval_shards: TFRecord files per split (capped by the snippet count).
+      box_jitter: each side of an object's box moves out by a uniform random fraction,
+        up to this, of the box width (x) or height (y); 0 = exact boxes.
+      box_miss_rate: probability that an object's box is left out of a frame.
     """
     height: int = 64
     width: int = 192
@@ -101,6 +119,8 @@ class WorldConfig:
     seed: int = 0
     train_shards: int = 8
     eval_shards: int = 2
+    box_jitter: float = 0.0
+    box_miss_rate: float = 0.0
 
     def __post_init__(self):
         if self.height < 8 or self.width < 8:
@@ -110,6 +130,10 @@ class WorldConfig:
                              f"got {self.frames_per_sequence}")
         if not 0.0 <= self.moving_fraction <= 1.0:
             raise ValueError(f"moving_fraction must be in [0, 1], got {self.moving_fraction}")
+        if not 0.0 <= self.box_jitter <= 1.0:
+            raise ValueError(f"box_jitter must be in [0, 1], got {self.box_jitter}")
+        if not 0.0 <= self.box_miss_rate <= 1.0:
+            raise ValueError(f"box_miss_rate must be in [0, 1], got {self.box_miss_rate}")
         if min(self.num_sequences, self.num_val_sequences, self.num_test_sequences,
                self.num_objects) < 0:
             raise ValueError("sequence and object counts must be >= 0")
@@ -119,8 +143,8 @@ class WorldConfig:
                 "test": self.num_test_sequences}[split]
 
     def cache_key(self) -> str:
-        payload = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)},
-                             sort_keys=True)
+        payload = json.dumps({"version": GENERATOR_VERSION, "records": RECORDS_VERSION,
+                              **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
@@ -160,6 +184,7 @@ class Scene:
       box_yaw: [N] constant yaw (boxes translate, never rotate).
       box_half: [N, 3] half extents (box-local x, y, z).
       box_moving: [N] bool.
+      box_class: [N] index of `data/boxes.CLASSES`; -1 for buildings (no 2-D box).
       room_lo, room_hi: [3] the enclosing room (its +y face is the ground y = 0).
       materials: dict of per-surface arrays; surface id = prim * 6 + axis * 2 + (side > 0),
         prim N being the room.
@@ -170,6 +195,7 @@ class Scene:
     box_yaw: np.ndarray
     box_half: np.ndarray
     box_moving: np.ndarray
+    box_class: np.ndarray
     room_lo: np.ndarray
     room_hi: np.ndarray
     materials: Dict[str, np.ndarray]
@@ -220,15 +246,17 @@ def build_scene(config: WorldConfig, split: str, index: int) -> Scene:
     z_start, z_end = cam_z[0], cam_z[-1]
     far_z = z_end + 110.0
 
-    centres, halves, yaws, velocities, moving, kinds = [], [], [], [], [], []
+    centres, halves, yaws, velocities, moving, kinds, classes = [], [], [], [], [], [], []
 
-    def add_box(centre, half, yaw=0.0, velocity=(0.0, 0.0, 0.0), is_moving=False, kind="object"):
+    def add_box(centre, half, yaw=0.0, velocity=(0.0, 0.0, 0.0), is_moving=False, kind="object",
+                label="Misc"):
         centres.append(np.asarray(centre, np.float64))
         halves.append(np.asarray(half, np.float64))
         yaws.append(float(yaw))
         velocities.append(np.asarray(velocity, np.float64))
         moving.append(bool(is_moving))
         kinds.append(kind)
+        classes.append(-1 if kind == "building" else boxes_lib.CLASS_IDS[label.lower()])
 
     # Building blocks on both sides (inner faces 9.5-13 m from the road axis).
     for side in (-1.0, 1.0):
@@ -250,7 +278,9 @@ def build_scene(config: WorldConfig, split: str, index: int) -> Scene:
     num_static = config.num_objects - num_moving
     t_mid = 0.5 * (num_frames - 1)
     for _ in range(num_static):
+        label = "Misc"
         if rng.uniform() < 0.7:  # parked car on the road edge
+            label = "Car"
             side = rng.choice([-1.0, 1.0])
             half = [rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.9), rng.uniform(1.9, 2.5)]
             x = side * rng.uniform(7.0 + half[0] * 0.2, 7.2 + half[0])
@@ -261,7 +291,7 @@ def build_scene(config: WorldConfig, split: str, index: int) -> Scene:
             x = side * rng.uniform(7.8, 9.0)
             yaw = rng.uniform(-0.5, 0.5)
         z = rng.uniform(z_start + 6.0, z_end + 70.0)
-        add_box([x, -half[1], z], half, yaw=yaw)
+        add_box([x, -half[1], z], half, yaw=yaw, label=label)
     for _ in range(num_moving):
         role = rng.uniform()
         if role < 0.65:  # a car along or against the traffic, never in the ego lane
@@ -274,9 +304,11 @@ def build_scene(config: WorldConfig, split: str, index: int) -> Scene:
             x = lane + rng.uniform(-0.3, 0.3)
             z_mid = cam_z[int(t_mid)] + rng.uniform(8.0, 60.0)
             add_box([x, -half[1], z_mid - v * t_mid], half, velocity=[0.0, 0.0, v],
-                    is_moving=True)
+                    is_moving=True, label="Car")
         else:            # crossing the road ahead of the ego (pedestrian, cyclist or car)
+            label = "Car"
             if rng.uniform() < 0.6:
+                label = "Pedestrian"
                 half = [rng.uniform(0.25, 0.4), rng.uniform(0.8, 0.95), rng.uniform(0.25, 0.5)]
                 v_abs = rng.uniform(0.12, 0.3)
             else:
@@ -287,7 +319,7 @@ def build_scene(config: WorldConfig, split: str, index: int) -> Scene:
             z = cam_z[int(t_cross)] + rng.uniform(12.0, 45.0)
             x0 = cam_x[int(t_cross)] - direction * v_abs * t_cross
             add_box([x0, -half[1], z], half, velocity=[direction * v_abs, 0.0, 0.0],
-                    is_moving=True)
+                    is_moving=True, label=label)
 
     scene = Scene(
         cam_to_world=cam_to_world,
@@ -296,6 +328,7 @@ def build_scene(config: WorldConfig, split: str, index: int) -> Scene:
         box_yaw=np.array(yaws, np.float64),
         box_half=np.array(halves).reshape(-1, 3),
         box_moving=np.array(moving, bool),
+        box_class=np.array(classes, np.int64),
         room_lo=np.array([-BACKDROP_X, SKY_Y, z_start - 60.0]),
         room_hi=np.array([BACKDROP_X, 0.0, far_z]),
         materials={},
@@ -549,6 +582,24 @@ def _frustum_cull(scene, centres, box_rot, R, c, K, height, width) -> np.ndarray
     return np.nonzero(~outside)[0]
 
 
+_BOX_EDGES = [(i, j) for i in range(8) for j in range(i + 1, 8)
+              if bin(i ^ j).count("1") == 1]     # corners differing in one sign: 12 edges
+
+
+def _cut_in_front(cam: np.ndarray, near: float) -> np.ndarray:
+    """The corners [8, 3] (camera frame, in the sign order of `exact_boxes`: corners i and j
+    share an edge when their indices differ in one bit) of a box in front of the plane
+    z = near, plus the points where its edges cross that plane: the vertices of the box
+    cut by the plane."""
+    z = cam[:, 2]
+    points = [cam[z >= near]]
+    for i, j in _BOX_EDGES:
+        if (z[i] - near) * (z[j] - near) < 0:
+            a = (near - z[i]) / (z[j] - z[i])
+            points.append((cam[i] + a * (cam[j] - cam[i]))[None])
+    return np.concatenate(points, 0)
+
+
 def render_frame(scene: Scene, frame: int, height: int, width: int, tables: np.ndarray,
                  chunk: int = 8192) -> Frame:
     """Ray casts one frame: all pixels against all boxes and the room at once (in chunks)."""
@@ -701,13 +752,69 @@ class Sequence:
         flow = xy - np.stack([x, y], -1)
         return flow, moving.astype(np.uint8)
 
+    def object_motion(self, target: int, source: int) -> np.ndarray:
+        """Residual object motion [H, W, 3] (m, target camera) of every target pixel:
+        r = R_t^T (source - target) v, so that X_s = R (X_t + r) + t with
+        (R, t) = `pose(target, source)`; 0 on static pixels."""
+        scene = self.scene
+        velocity = np.concatenate([scene.box_velocity * scene.box_moving[:, None],
+                                   np.zeros((1, 3))])[self.frames[target].prim]
+        rotation = scene.cam_to_world[target, :3, :3]
+        return (source - target) * velocity @ rotation                # R_t^T v, row vectors
+
+    def exact_boxes(self, frame: int) -> np.ndarray:
+        """The exact 2-D box of every object seen in `frame` (module docstring).
+
+        Returns:
+          float64 [n, 6] (x1, y1, x2, y2, score = 1, class), in object order.
+        """
+        scene = self.scene
+        h, w = self.config.height, self.config.width
+        seen = np.bincount(self.frames[frame].prim.ravel(), minlength=scene.num_boxes + 1)
+        objects = [b for b in range(scene.num_boxes)
+                   if scene.box_class[b] >= 0 and seen[b] > 0]
+        if not objects:
+            return np.zeros((0, specs.BOX_FIELDS))
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
+                         np.float64)
+        cam_to_world = scene.cam_to_world[frame]
+        rows = []
+        for b in objects:
+            centre = scene.box_center[b] + frame * scene.box_velocity[b]
+            corners = centre + (signs * scene.box_half[b]) @ _rot_y(scene.box_yaw[b]).T
+            cam = (corners - cam_to_world[:3, 3]) @ cam_to_world[:3, :3]   # R^T (X - c)
+            points = _cut_in_front(cam, BOX_NEAR_Z)
+            proj = points @ self.K.T
+            xy = proj[:, :2] / proj[:, 2:3]
+            rows.append([*xy.min(0), *xy.max(0), 1.0, scene.box_class[b]])
+        return boxes_lib.clip_boxes(np.array(rows), h, w).astype(np.float64)
+
+    def frame_boxes(self, frame: int) -> np.ndarray:
+        """The boxes of `frame` as written to the records: `exact_boxes`, widened by up to
+        `config.box_jitter` per side and dropped with probability `config.box_miss_rate`
+        (seeded by the config, split, sequence and frame), clipped to the image.
+
+        Returns:
+          float32 [n, 6] (x1, y1, x2, y2, score, class).
+        """
+        rows = self.exact_boxes(frame)
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, SPLITS.index(self.split), self.index, frame,
+                                     0xB0B5])
+        keep = rng.uniform(size=len(rows)) >= cfg.box_miss_rate
+        margin = rng.uniform(0.0, cfg.box_jitter, size=(len(rows), 4))
+        size = np.stack([rows[:, 2] - rows[:, 0], rows[:, 3] - rows[:, 1]], -1)
+        rows = rows.copy()
+        rows[:, :4] += margin * np.concatenate([-size, size], -1)
+        return boxes_lib.clip_boxes(rows[keep], cfg.height, cfg.width)
+
     def snippet(self, target: int) -> Dict[str, np.ndarray]:
         """Frames and exact ground truth of the snippet [target-1, target, target+1].
 
         Returns:
           dict: `frames` uint8 [3, H, W, 3], `intrinsics` [3, 3], `gt_depth` float32 [H, W],
           `gt_pose` float32 [S, 4, 4] (T_target->source), `gt_flow` float32 [S, H, W, 2],
-          `gt_moving_mask` uint8 [S, H, W].
+          `gt_moving_mask` uint8 [S, H, W], `gt_object_motion` float32 [S, H, W, 3].
         """
         offsets = [i - specs.TARGET_INDEX for i in range(specs.NUM_FRAMES)]
         frame_ids = [target + o for o in offsets]
@@ -723,6 +830,8 @@ class Sequence:
             "gt_pose": np.stack([self.pose(target, s) for s in sources]).astype(np.float32),
             "gt_flow": np.stack(flows).astype(np.float32),
             "gt_moving_mask": np.stack(masks),
+            "gt_object_motion": np.stack(
+                [self.object_motion(target, s) for s in sources]).astype(np.float32),
         }
 
 
@@ -750,6 +859,7 @@ def serialized_snippets(sequence: Sequence) -> Iterator[bytes]:
     """Yields one serialised `tf.train.Example` per snippet of the sequence (with GT)."""
     from coopnet_tf.data import records  # imports TensorFlow
     encoded = [_encode_png(f.image) for f in sequence.frames]
+    frame_boxes = [sequence.frame_boxes(f) for f in range(len(sequence.frames))]
     cfg = sequence.config
     for t in sequence.target_indices():
         gt = sequence.snippet(t)
@@ -757,7 +867,8 @@ def serialized_snippets(sequence: Sequence) -> Iterator[bytes]:
         yield records.serialize_snippet(
             [encoded[f] for f in frame_ids], gt["intrinsics"], cfg.height, cfg.width,
             sequence.sequence_id, t, gt_depth=gt["gt_depth"], gt_pose=gt["gt_pose"],
-            gt_flow=gt["gt_flow"], gt_moving_mask=gt["gt_moving_mask"])
+            gt_flow=gt["gt_flow"], gt_moving_mask=gt["gt_moving_mask"],
+            gt_object_motion=gt["gt_object_motion"], boxes=[frame_boxes[f] for f in frame_ids])
 
 
 def file_pattern(path, split: str = "train") -> str:

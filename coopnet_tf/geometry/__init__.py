@@ -1,4 +1,5 @@
-"""Camera geometry: intrinsics, SE(3) poses, projection, rigid flow and warping.
+"""Camera geometry: intrinsics, SE(3) poses, projection, rigid flow and warping;
+Lee et al. two-stage warping (forward_warp.py, docs/lee.md).
 
 Pure TensorFlow, no gin, float32, batch-first NHWC; every function runs inside
 `tf.function(jit_compile=True)`. See docs/geometry.md.
@@ -10,6 +11,11 @@ from coopnet_tf.geometry.camera import (
     pixel_grid,
     pyramid_intrinsics,
     scale_intrinsics,
+)
+from coopnet_tf.geometry.forward_warp import (
+    forward_project,
+    total_motion_points,
+    total_motion_warp,
 )
 from coopnet_tf.geometry.pose import (
     axis_angle_to_matrix,
@@ -45,6 +51,7 @@ __all__ = [
     "euler_to_matrix",
     "flip_intrinsics",
     "flow_warp",
+    "forward_project",
     "homogeneous_pixel_grid",
     "invert_intrinsics",
     "invert_transform",
@@ -62,5 +69,7 @@ __all__ = [
     "rotation_translation_to_matrix",
     "scale_intrinsics",
     "skew_matrix",
+    "total_motion_points",
+    "total_motion_warp",
     "transform_points",
 ]

@@ -14,7 +14,7 @@ networks' outputs may be float16). Static shapes only; every function runs under
 """
 import tensorflow as tf
 
-from coopnet_tf.geometry import camera, pose, warp
+from coopnet_tf.geometry import camera, forward_warp, pose, warp
 
 OCCLUSION_THRESHOLD = 0.2
 EPIPOLAR_EPS = 1e-6
@@ -136,10 +136,11 @@ def forward_backward_loss(flow_fw, flow_bw, mask=None):
     return masked_mean(l1, mask)
 
 
-def geometric_consistency(depth_t, depth_s, T_t_to_s, K, padding=warp.BORDER):
+def geometric_consistency(depth_t, depth_s, T_t_to_s, K, padding=warp.BORDER, residual=None):
     """Bian et al. depth inconsistency map (docs/decisions.md C7).
 
-    `D^t_s(p)`: z of `R D_t(p) K^-1 p~ + t` (target depth carried into the source camera);
+    `D^t_s(p)`: z of `R D_t(p) K^-1 p~ + t` (target depth carried into the source camera;
+    with a `residual` field, `R (D_t(p) K^-1 p~ + r(p)) + t`, Lee Eq. 2);
     `D'_s(p)`: `D_s` bilinearly sampled at the projection `p_s(p)`;
     `D_diff = clamp(|D^t_s - D'_s| / (D^t_s + D'_s), 0, 1)`. Gradients flow through both
     depths and the pose (as in SC-SfMLearner).
@@ -150,12 +151,18 @@ def geometric_consistency(depth_t, depth_s, T_t_to_s, K, padding=warp.BORDER):
       T_t_to_s: `[B, 4, 4]` target -> source.
       K: `[B, 3, 3]` (or `[3, 3]`).
       padding: sampler padding for `D_s` (irrelevant at valid pixels).
+      residual: None, or `[B, H, W, 3]` residual object translation (m, target camera)
+        of Lee et al.'s total motion (`geometry.total_motion_points`).
 
     Returns:
       `(depth_diff[B, H, W, 1], valid[B, H, W, 1])`, float32; `valid` = projection inside
-      the source image and in front of the camera. `L_gc` = `masked_mean(diff, valid)`.
+      the source image and in front of the camera. `L_gc` = `masked_mean(diff, valid)`;
+      SC-SfMLearner's / Lee's inconsistency weight mask is `1 - depth_diff`.
     """
-    points_s = warp.transform_points(T_t_to_s, warp.backproject(depth_t, K))
+    if residual is None:
+        points_s = warp.transform_points(T_t_to_s, warp.backproject(depth_t, K))
+    else:
+        points_s = forward_warp.total_motion_points(depth_t, T_t_to_s, residual, K)
     coords, computed = warp.project(points_s, K)
     projected, in_bounds = warp.bilinear_sample(depth_s, coords, padding=padding)
     diff = tf.abs(computed - projected) / (computed + projected)

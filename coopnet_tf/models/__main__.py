@@ -1,6 +1,6 @@
 """`python -m coopnet_tf.models --summary [--height=128 --width=416]`.
 
-Builds the three networks (random init) and prints, per model, the trainable and
+Builds the networks (random init) and prints, per model, the trainable and
 non-trainable parameter counts and the output shapes.
 """
 import os
@@ -35,6 +35,8 @@ def summary_rows(height: int, width: int):
         ("pose R18 (2 frames)", models.build_pose_net, {}),
         ("flow R50 (direct)", models.build_flow_net, {}),
         ("flow R50 (residual)", models.build_flow_net, {"residual": True}),
+        ("motion R18 (DAM)", models.build_motion_net, {}),
+        ("motion R18 (no DAM)", models.build_motion_net, {"dam": False}),
     ]
     rows = []
     for label, fn, kwargs in specs:

@@ -212,3 +212,20 @@ def unet_decoder(
         if i < num_scales:
             outputs[i] = head(x, i)
     return [outputs[s] for s in range(num_scales)]
+
+
+def pose_decoder(x, output_scale: float, prefix: str = "pose",
+                 mean_name: str = "spatial_mean", output_name: str = "pose"):
+    """Monodepth2 pose decoder on an encoder feature (4 conv layers -> 6-vector).
+
+    1x1 conv -> 256 + ReLU, two 3x3 convs 256 + ReLU (zero padding), 1x1 conv -> 6,
+    spatial mean, x `output_scale`; `[B, h, w, C] -> [B, 6]` float32 under any
+    mixed-precision policy. Layers `{prefix}_squeeze`, `{prefix}_0..2`, `mean_name`,
+    `output_name`.
+    """
+    x = layers.Conv2D(256, 1, activation="relu", name=f"{prefix}_squeeze")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu", name=f"{prefix}_0")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu", name=f"{prefix}_1")(x)
+    x = layers.Conv2D(6, 1, name=f"{prefix}_2")(x)
+    x = layers.GlobalAveragePooling2D(dtype="float32", name=mean_name)(x)
+    return layers.Rescaling(output_scale, dtype="float32", name=output_name)(x)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import gin
 import keras
 
-from coopnet_tf.models import depth_net, flow_net, moderator_net, pose_net, resnet
+from coopnet_tf.models import depth_net, flow_net, moderator_net, motion_net, pose_net, resnet
 
 PretrainedWeights = Union[None, str, os.PathLike]
 
@@ -141,4 +141,45 @@ def build_moderator_net(
                                                 name=name)
     resnet.maybe_load_pretrained(model, pretrained_weights, num_layers,
                                  image_channels=3 * moderator_net.NUM_FRAMES)
+    return model
+
+
+@gin.configurable
+def build_motion_net(
+    height: Optional[int] = 128,
+    width: Optional[int] = 416,
+    num_layers: int = 18,
+    dam: bool = True,
+    pretrained_weights: PretrainedWeights = None,
+    dam_ratio: int = 4,
+    decoder_channels: Sequence[int] = depth_net.DECODER_CHANNELS,
+    ego_scale: float = 0.01,
+    head_init_scale: float = 1e-4,
+    name: str = "motion_net",
+) -> keras.Model:
+    """Lee et al.'s unified MotionNet with DAM (see `motion_net.build_motion_model`).
+
+    Args:
+      height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
+      num_layers: ResNet encoder depth: 18 (paper), 34 or 50.
+      dam: True = dynamics attention module with ego and residual branches (paper);
+        False = plain shared encoder (ablation "without DAM").
+      pretrained_weights: as for `build_depth_net`; conv1 is tiled over the 2 images
+        and divided by 2, the 2 depth channels get zero weights.
+      dam_ratio: GCNet bottleneck ratio r (4).
+      decoder_channels: residual decoder widths.
+      ego_scale: ego output multiplier (0.01, as the pose net).
+      head_init_scale: variance scale of the residual heads' kernel initialiser.
+      name: model name.
+
+    Returns:
+      keras.Model: `[B, H, W, 8]` = (I_t, I_s, D_t, D_s) -> dict(ego `[B, 6]`,
+      residual: 4 scales `[B, H/2^s, W/2^s, 3]`, attention: 3 maps `[B, h, w, 2]`
+      (only with dam)).
+    """
+    model = motion_net.build_motion_model(height, width, num_layers, dam, dam_ratio,
+                                          decoder_channels, ego_scale, head_init_scale, name)
+    resnet.maybe_load_pretrained(model, pretrained_weights, num_layers,
+                                 image_channels=motion_net.IMAGE_CHANNELS,
+                                 encoder_names=motion_net.ENCODER_STAGES)
     return model

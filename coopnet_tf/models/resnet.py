@@ -13,6 +13,8 @@ ImageNet mean/std.
 The encoder is a Keras functional model `[B, H, W, C]` (already normalised) -> 5
 features: `relu(bn1(conv1))` at H/2 (64 ch), `layer1(maxpool(.))` at H/4 (64 / 256),
 `layer2` H/8 (128 / 512), `layer3` H/16 (256 / 1024), `layer4` H/32 (512 / 2048).
+`build_resnet_stages` builds the same encoder as 5 chained models (stem, layer1..4), for
+networks that put modules between ResLayers (the motion net's DAM).
 Layer names are the torchvision `state_dict` prefixes with "." replaced by "_"
 (`layer1.0.conv1.weight` -> layer `layer1_0_conv1`), which is what the loader relies on.
 
@@ -22,7 +24,7 @@ under its torchvision name (`conv1.weight` [64, 3, 7, 7] OIHW, `bn1.running_mean
 """
 import os
 import pathlib
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -102,6 +104,26 @@ def _bottleneck_block(x, width: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_relu3")(y)
 
 
+def _stem(inputs):
+    """conv1 -> bn1 -> ReLU: the H/2 feature (64 channels)."""
+    x = _conv(inputs, 64, 7, 2, "conv1")
+    return layers.ReLU(name="relu")(_bn(x, "bn1"))
+
+
+def _res_layer(x, num_layers: int, stage: int):
+    """ResLayer `stage` (1-4) of torchvision's ResNet; stage 1 starts with the max-pool."""
+    block_type, blocks = RESNET_SPECS[num_layers]
+    block_fn = _basic_block if block_type == "basic" else _bottleneck_block
+    if stage == 1:
+        # Inputs of the max-pool are >= 0 (after ReLU): zero padding == torch's -inf padding.
+        x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
+    for b in range(blocks[stage - 1]):
+        stride = 2 if (b == 0 and stage > 1) else 1
+        x = block_fn(x, STAGE_WIDTHS[stage - 1], stride, f"layer{stage}_{b}")
+    return x
+
+
 def build_resnet_encoder(
     num_layers: int = 18,
     input_channels: int = 3,
@@ -121,21 +143,42 @@ def build_resnet_encoder(
       keras.Model `[B, H, W, C] -> [f0 (H/2), f1 (H/4), f2 (H/8), f3 (H/16), f4 (H/32)]`.
     """
     _check_num_layers(num_layers)
-    block_type, blocks = RESNET_SPECS[num_layers]
-    block_fn = _basic_block if block_type == "basic" else _bottleneck_block
     inputs = keras.Input((height, width, input_channels), name=f"{name}_input")
-    x = _conv(inputs, 64, 7, 2, "conv1")
-    x = layers.ReLU(name="relu")(_bn(x, "bn1"))
-    features = [x]
-    # Inputs of the max-pool are >= 0 (after ReLU): zero padding == torch's -inf padding.
-    x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
-    for stage, (width_s, count) in enumerate(zip(STAGE_WIDTHS, blocks), start=1):
-        for b in range(count):
-            stride = 2 if (b == 0 and stage > 1) else 1
-            x = block_fn(x, width_s, stride, f"layer{stage}_{b}")
-        features.append(x)
+    features = [_stem(inputs)]
+    for stage in range(1, 5):
+        features.append(_res_layer(features[-1], num_layers, stage))
     return keras.Model(inputs, features, name=name)
+
+
+def build_resnet_stages(
+    num_layers: int = 18,
+    input_channels: int = 3,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    name: str = "encoder",
+) -> List[keras.Model]:
+    """The encoder of `build_resnet_encoder` as 5 chained models, one per feature level.
+
+    For networks that insert modules between ResLayers or run a ResLayer on several
+    branches with shared weights (the motion net's DAM). Same layers and layer names as
+    `build_resnet_encoder`, so `load_pretrained_encoder(stages, ...)` loads them.
+
+    Returns:
+      [`{name}_stem` (input -> f0), `{name}_layer1` (f0 -> f1), ..., `{name}_layer4`
+      (f3 -> f4)]; chaining them gives the 5 features of `build_resnet_encoder`.
+    """
+    _check_num_layers(num_layers)
+    channels = (input_channels,) + ENCODER_CHANNELS[num_layers][:4]
+    stages = []
+    for stage in range(5):
+        scale = 2 ** stage  # input of stage s is at H/2^s
+        h = None if height is None else height // scale
+        w = None if width is None else width // scale
+        label = "stem" if stage == 0 else f"layer{stage}"
+        x_in = keras.Input((h, w, channels[stage]), name=f"{name}_{label}_input")
+        x = _stem(x_in) if stage == 0 else _res_layer(x_in, num_layers, stage)
+        stages.append(keras.Model(x_in, x, name=f"{name}_{label}"))
+    return stages
 
 
 # --- Pretrained weights -------------------------------------------------------
@@ -224,15 +267,26 @@ def _torch_prefix(layer_name: str) -> str:
     return layer_name.replace("_", ".")
 
 
+def _leaf_layers(models: Sequence[keras.Model]) -> Iterator[layers.Layer]:
+    """The layers of `models`, descending into nested models."""
+    for model in models:
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                yield from _leaf_layers([layer])
+            else:
+                yield layer
+
+
 def load_pretrained_encoder(
-    encoder: keras.Model,
+    encoder: Union[keras.Model, Sequence[keras.Model]],
     weights: Union[str, os.PathLike, Mapping[str, np.ndarray]],
     image_channels: Optional[int] = None,
 ) -> None:
     """Loads torchvision ResNet weights into an encoder of `build_resnet_encoder`.
 
     Args:
-      encoder: the encoder model (for a whole network: `model.get_layer("encoder")`).
+      encoder: the encoder model (for a whole network: `model.get_layer("encoder")`),
+        or the list of models of `build_resnet_stages`.
       weights: an .npz path or a dict, torchvision `state_dict` names -> arrays.
       image_channels: leading image channels of the input (see `tile_first_conv`);
         default all input channels.
@@ -243,18 +297,20 @@ def load_pretrained_encoder(
     if not isinstance(weights, Mapping):
         with np.load(weights) as data:
             weights = {k: data[k] for k in data.files}
+    encoders = [encoder] if isinstance(encoder, keras.Model) else list(encoder)
+    names = ", ".join(e.name for e in encoders)
     used = set()
 
     def get(key, shape):
         if key not in weights:
-            raise ValueError(f"pretrained weights lack '{key}' (needed by {encoder.name})")
+            raise ValueError(f"pretrained weights lack '{key}' (needed by {names})")
         value = np.asarray(weights[key], np.float32)
         if tuple(value.shape) != tuple(shape):
             raise ValueError(f"pretrained '{key}' has shape {value.shape}, expected {tuple(shape)}")
         used.add(key)
         return value
 
-    for layer in encoder.layers:
+    for layer in _leaf_layers(encoders):
         prefix = _torch_prefix(layer.name)
         if isinstance(layer, layers.Conv2D):
             k = layer.kernel
@@ -280,11 +336,14 @@ def load_pretrained_encoder(
 
 
 def maybe_load_pretrained(model: keras.Model, pretrained_weights, num_layers: int,
-                          image_channels: Optional[int] = None) -> Optional[pathlib.Path]:
-    """Resolves `pretrained_weights` and loads it into `model.get_layer("encoder")`."""
+                          image_channels: Optional[int] = None,
+                          encoder_names: Sequence[str] = ("encoder",)) -> Optional[pathlib.Path]:
+    """Resolves `pretrained_weights` and loads it into the encoder layers of `model`
+    named `encoder_names` (one nested encoder, or the stages of `build_resnet_stages`)."""
     path = resolve_pretrained_weights(pretrained_weights, num_layers)
     if path is not None:
-        load_pretrained_encoder(model.get_layer("encoder"), path, image_channels)
+        load_pretrained_encoder([model.get_layer(n) for n in encoder_names], path,
+                                image_channels)
     return path
 
 

@@ -2,7 +2,8 @@
 
 Importing this module registers every configurable a config file may name:
 
-* ``build_depth_net``, ``build_pose_net``, ``build_flow_net`` (`coopnet_tf.models`);
+* ``build_depth_net``, ``build_pose_net``, ``build_flow_net``, ``build_motion_net``
+  (`coopnet_tf.models`);
 * ``make_dataset`` (`coopnet_tf.data.pipeline`);
 * ``ensure_synthetic_dataset`` (external: `coopnet_tf.data.synthetic`, generates the
   synthetic world once and returns its directory);
@@ -16,21 +17,31 @@ Importing this module registers every configurable a config file may name:
   defaults are `step.LossWeights`'s;
 * ``step_options`` — the step's static options; defaults are `step.StepOptions`'s;
 * ``make_optimizer``, ``make_learning_rate_schedule`` (`coopnet_tf.training.optimizers`);
-* ``make_distribution_strategy`` (`coopnet_tf.training.distribution`).
+* ``make_distribution_strategy`` (`coopnet_tf.training.distribution`);
+* ``lee`` — Lee et al.'s loss weights, switches and phase lengths (`lee_step`).
+
+The methods. `make_method(name, config, loss_scale)` builds, inside the strategy's scope,
+what `loop.Trainer` trains: networks, optimizers (with their learning-rate schedules),
+the train step, the schedule's stages and the checkpoint items — of ``'coopnet'``
+(`CoopNetMethod`: depth, pose and flow nets and the apportionment, Competitive
+Collaboration included) or of ``'lee'`` (`LeeMethod`: depth and motion nets, the three
+phases of Lee et al.'s Table 1).
 
 The math (geometry, losses, apportionment classes, the step) stays gin-free.
 """
 import inspect
+from typing import NamedTuple
 
 import gin
+import numpy as np
 from absl import logging
 
-from coopnet_tf import models  # noqa: F401  (registers build_*_net)
+from coopnet_tf import models, summaries  # models: registers build_*_net
 from coopnet_tf.data import pipeline  # noqa: F401  (registers make_dataset)
 from coopnet_tf.data import synthetic
 from coopnet_tf.losses import apportion, competitive_strategy
-from coopnet_tf.training import distribution, optimizers
-from coopnet_tf.training.step import LossWeights, StepOptions
+from coopnet_tf.training import distribution, lee_step, optimizers
+from coopnet_tf.training.step import CoopTrainStep, LossWeights, Phase, StepOptions
 
 ensure_synthetic_dataset = gin.external_configurable(
     synthetic.ensure_synthetic_dataset, name="ensure_synthetic_dataset")
@@ -177,3 +188,197 @@ def step_options(num_scales: int = _OPTIONS["num_scales"],
                        backward_flow_photometric=bool(backward_flow_photometric),
                        flow_image_pyramid=bool(flow_image_pyramid),
                        ground_truth_apportionment_inputs=oracle())
+
+
+# -------------------------------------------------------------------- methods ----
+
+METHODS = ("coopnet", "lee")
+
+
+class CoopNetMethod:
+    """CoopNet's networks (depth, pose, flow), its two Adams (gin scopes ``depth_pose``
+    and ``flow``), the apportionment strategy and `CoopTrainStep`.
+
+    The interface `loop.Trainer` uses (`LeeMethod` has the same): ``depth_net``, ``step``,
+    ``optimizers`` (name -> (optimizer, learning-rate schedule)), ``stages``,
+    ``needs_ground_truth``, ``checkpoint_items()``, ``start_epoch()``, ``end_epoch()``,
+    ``keep_scalar(key)``, ``validation_phase(phase)``, ``validation_key``,
+    ``image_kinds``, ``progress_keys``.
+
+    Args:
+      config: the run's `loop.TrainConfig` (height, width, steps_per_epoch, batch_size,
+        jit_compile, seed are read).
+      loss_scale: wrap the optimizers for dynamic loss scaling (mixed_float16).
+    """
+    name = "coopnet"
+    validation_key = "val_photo_theta_alpha"
+    progress_keys = None   # summaries.format_postfix's default
+
+    def __init__(self, config, loss_scale: bool = False):
+        self.depth_net = models.build_depth_net(height=config.height, width=config.width)
+        self.pose_net = models.build_pose_net(height=config.height, width=config.width)
+        self.flow_net = models.build_flow_net(height=config.height, width=config.width)
+        self.optimizers = {}
+        for group in ("depth_pose", "flow"):
+            with gin.config_scope(group):
+                self.optimizers[group] = (
+                    optimizers.make_optimizer(loss_scale=loss_scale, name=f"adam_{group}"),
+                    optimizers.make_learning_rate_schedule(config.steps_per_epoch))
+        self.depth_pose_optimizer = self.optimizers["depth_pose"][0]
+        self.flow_optimizer = self.optimizers["flow"][0]
+        self.apportionment = make_apportionment()
+        options = step_options()._replace(jit_compile=bool(config.jit_compile),
+                                          seed=int(config.seed))
+        self.step = CoopTrainStep(
+            self.depth_net, self.pose_net, self.flow_net, self.depth_pose_optimizer,
+            self.flow_optimizer, self.apportionment, weights=loss_weights(), options=options,
+            global_batch_size=config.batch_size)
+        self.stages = self.apportionment.stages
+        # ORACLE switches read ground truth: the pipeline must deliver it.
+        self.needs_ground_truth = bool(self.apportionment.needs_ground_truth
+                                       or options.ground_truth_apportionment_inputs)
+        self.image_kinds = None
+
+    def checkpoint_items(self):
+        return dict(depth_net=self.depth_net, pose_net=self.pose_net, flow_net=self.flow_net,
+                    depth_pose_optimizer=self.depth_pose_optimizer,
+                    flow_optimizer=self.flow_optimizer,
+                    **self.apportionment.checkpoint_items())
+
+    def start_epoch(self) -> None:
+        self.apportionment.start_epoch()
+
+    def end_epoch(self) -> None:
+        """Freezes this epoch's quantiles (used during the next one)."""
+        self.apportionment.end_epoch()
+
+    def keep_scalar(self, key: str) -> bool:
+        """False for ``quantiles/current/*`` while no quantiles are frozen (burn-in)."""
+        if not key.startswith("quantiles/current/"):
+            return True
+        layer = self.apportionment.quantile_layer
+        return layer is not None and bool(np.any(layer.current_valid.numpy() > 0.5))
+
+    def validation_phase(self, phase: Phase) -> Phase:
+        """The validation loss is the burn-in's (one definition across epochs)."""
+        del phase
+        return Phase(burn_in=True, update_quantiles=False)
+
+
+_LEE_WEIGHTS = lee_step.LeeWeights._field_defaults
+_LEE_OPTIONS = lee_step.LeeOptions._field_defaults
+
+
+class LeeSettings(NamedTuple):
+    """What `lee` returns: the loss weights, the step options and the phase lengths."""
+    weights: lee_step.LeeWeights
+    options: lee_step.LeeOptions
+    phase1_epochs: int
+    phase2_epochs: int
+
+
+@gin.configurable
+def lee(csac: bool = _LEE_OPTIONS["csac"],
+        phase1_epochs: int = 10,
+        phase2_epochs: int = 10,
+        lambda_p: float = _LEE_WEIGHTS["p"], lambda_g: float = _LEE_WEIGHTS["g"],
+        lambda_s: float = _LEE_WEIGHTS["s"], lambda_h: float = _LEE_WEIGHTS["h"],
+        lambda_mr: float = _LEE_WEIGHTS["mr"], lambda_ms: float = _LEE_WEIGHTS["ms"],
+        lambda_mp: float = _LEE_WEIGHTS["mp"], lambda_mc: float = _LEE_WEIGHTS["mc"],
+        automask: bool = _LEE_OPTIONS["automask"],
+        rotation_mode: str = _LEE_OPTIONS["rotation_mode"],
+        csac_alpha: float = _LEE_OPTIONS["csac_alpha"],
+        csac_beta: float = _LEE_OPTIONS["csac_beta"],
+        motion_smoothness_tau: float = _LEE_OPTIONS["motion_smoothness_tau"],
+        gradient_clip_norm=_LEE_OPTIONS["gradient_clip_norm"]) -> LeeSettings:
+    """Lee et al.'s settings (`train_and_evaluate.method = 'lee'`; docs/lee.md).
+
+    Args:
+      csac: L_mr (CSAC) on; False is the "without CSAC" ablation (Lee Table 3), as is
+        ``lambda_mr = 0``. "Without DAM" is ``build_motion_net.dam = False``.
+      phase1_epochs, phase2_epochs: lengths of Lee Table 1's phase 1 (depth + ego-motion)
+        and phase 2 (ego + residual motion, depth frozen); phase 3 (all) lasts from then
+        to ``train_and_evaluate.num_epochs`` (paper: 10 and 10 epochs of 1,000 snippets).
+      lambda_p ... lambda_mc: the weights of Lee Eq. 6 (`lee_step.LeeWeights`, which
+        documents the defaults); 0 switches a term off.
+      automask: Monodepth2 auto-masking in L_p.
+      rotation_mode: ego-motion parametrisation ('axis_angle' as the pose net).
+      csac_alpha, csac_beta: Lee Eq. 4 (30, 0.2).
+      motion_smoothness_tau: τ of Lee Eq. 7 (0.1).
+      gradient_clip_norm: global-norm clipping per optimizer (None: off).
+    """
+    if int(phase1_epochs) < 1 or int(phase2_epochs) < 1:
+        raise ValueError(f"lee.phase1_epochs and lee.phase2_epochs must be >= 1: "
+                         f"{phase1_epochs}, {phase2_epochs}")
+    weights = lee_step.LeeWeights(p=lambda_p, g=lambda_g, s=lambda_s, h=lambda_h,
+                                  mr=lambda_mr, ms=lambda_ms, mp=lambda_mp, mc=lambda_mc)
+    options = lee_step.LeeOptions(
+        csac=bool(csac), automask=bool(automask), rotation_mode=rotation_mode,
+        csac_alpha=float(csac_alpha), csac_beta=float(csac_beta),
+        motion_smoothness_tau=float(motion_smoothness_tau),
+        gradient_clip_norm=gradient_clip_norm)
+    return LeeSettings(weights, options, int(phase1_epochs), int(phase2_epochs))
+
+
+class LeeMethod:
+    """Lee et al. (ICCV 2021): the depth net and the unified motion net
+    (`models.build_motion_net`), two Adams (gin scopes ``depth`` and ``motion``),
+    `lee_step.LeeTrainStep` and the three phases of their Table 1 as schedule stages.
+    Same interface as `CoopNetMethod`.
+    """
+    name = "lee"
+    validation_key = "val_photometric"
+    progress_keys = ("total", "photometric")
+
+    def __init__(self, config, loss_scale: bool = False):
+        self.depth_net = models.build_depth_net(height=config.height, width=config.width)
+        self.motion_net = models.build_motion_net(height=config.height, width=config.width)
+        self.optimizers = {}
+        for group in ("depth", "motion"):
+            with gin.config_scope(group):
+                self.optimizers[group] = (
+                    optimizers.make_optimizer(loss_scale=loss_scale, name=f"adam_{group}"),
+                    optimizers.make_learning_rate_schedule(config.steps_per_epoch))
+        self.depth_optimizer = self.optimizers["depth"][0]
+        self.motion_optimizer = self.optimizers["motion"][0]
+        settings = lee()
+        options = settings.options._replace(jit_compile=bool(config.jit_compile),
+                                            seed=int(config.seed))
+        self.step = lee_step.LeeTrainStep(
+            self.depth_net, self.motion_net, self.depth_optimizer, self.motion_optimizer,
+            weights=settings.weights, options=options, global_batch_size=config.batch_size)
+        # phase 3 lasts to the end (a non-repeating schedule keeps its last stage)
+        self.stages = (lee_step.PHASES, (settings.phase1_epochs, settings.phase2_epochs, 1),
+                       "epochs", False)
+        self.needs_ground_truth = False
+        self.image_kinds = dict(summaries.IMAGE_KINDS, **lee_step.IMAGE_KINDS)
+
+    def checkpoint_items(self):
+        return dict(depth_net=self.depth_net, motion_net=self.motion_net,
+                    depth_optimizer=self.depth_optimizer,
+                    motion_optimizer=self.motion_optimizer)
+
+    def start_epoch(self) -> None:
+        """Nothing per epoch (the phase comes from the schedule)."""
+
+    def end_epoch(self) -> None:
+        """Nothing per epoch."""
+
+    @staticmethod
+    def keep_scalar(key: str) -> bool:
+        del key
+        return True
+
+    @staticmethod
+    def validation_phase(phase: Phase) -> Phase:
+        """The validation loss is that of the current phase (comparable within a phase)."""
+        return phase
+
+
+def make_method(name: str, config, loss_scale: bool = False):
+    """The method ``name`` (one of `METHODS`) of a run; call inside ``strategy.scope()``."""
+    if name == "coopnet":
+        return CoopNetMethod(config, loss_scale)
+    if name == "lee":
+        return LeeMethod(config, loss_scale)
+    raise ValueError(f"train_and_evaluate.method must be one of {METHODS}: {name!r}")

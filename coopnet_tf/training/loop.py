@@ -5,8 +5,10 @@ and drives a `Trainer`. The `Trainer` (built like TF-Agents' Learner: a small ob
 a config) owns everything else:
 
 * the strategy's scope (``distribution`` = default / mirrored / multi_worker), mixed
-  precision, XLA; networks, the two optimizers (built inside ``strategy.scope()`` before
-  the first step and before restoring), the apportionment strategy and its P² layer;
+  precision, XLA; the method (``method`` = 'coopnet' | 'lee', `factories.make_method`):
+  its networks, optimizers (built inside ``strategy.scope()`` before the first step and
+  before restoring) and train step — CoopNet's apportionment strategy and its P² layer,
+  or Lee et al.'s depth and motion nets;
 * data: per epoch, ``make_dataset`` seeded by (seed, epoch) through
   ``strategy.distribute_datasets_from_function``, skipping the batches already consumed
   in that epoch on resume — so a resumed run sees the same batches as an uninterrupted
@@ -44,12 +46,13 @@ from coopnet_tf.eval import depth as depth_eval
 from coopnet_tf.training import distribution as distribution_lib
 from coopnet_tf.training import factories, optimizers
 from coopnet_tf.training.schedule import EpochSchedule
-from coopnet_tf.training.step import CoopTrainStep, Phase
+from coopnet_tf.training.step import Phase
 
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
 EVAL_SCALARS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")
 EVAL_PRINTED = ("abs_rel", "rmse", "a1")
-QUANTILES_CURRENT = "quantiles/current/"
+# validation losses of the methods without ground truth (CoopNet's, Lee's)
+VALIDATION_LOSS_KEYS = ("val_photo_theta_alpha", "val_photometric")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -83,6 +86,7 @@ class TrainConfig(NamedTuple):
     run_eagerly: bool = False
     progress: bool = True
     max_consecutive_nonfinite_steps: int = 20
+    method: str = "coopnet"
 
     @property
     def total_steps(self) -> int:
@@ -155,19 +159,14 @@ def batch_size_warning(train_files, batch_size: int) -> Optional[str]:
             f"{train_files}: every batch repeats snippets")
 
 
-def build_networks(height: int, width: int):
-    """The three networks from their gin factories at the training resolution."""
-    return (models.build_depth_net(height=height, width=width),
-            models.build_pose_net(height=height, width=width),
-            models.build_flow_net(height=height, width=width))
-
-
 class Progress:
     """The progress display: a tqdm bar on a terminal; without one (a log file, ``| cat``)
     one plain line at every epoch end and at most one a minute in between."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, interval: float = 60.0):
+    def __init__(self, total: int, initial: int, enabled: bool, interval: float = 60.0,
+                 keys=None):
         self.total, self.n, self.enabled = int(total), int(initial), bool(enabled)
+        self.keys = keys
         self.losses: Dict[str, str] = {}
         self.interval, self._last_line, self._start = interval, time.time(), time.time()
         self._start_step = self._printed = self.n
@@ -179,7 +178,7 @@ class Progress:
 
     def advance(self, num_steps: int, losses: Dict[str, float]) -> None:
         self.n += num_steps
-        self.losses = summaries.format_postfix(losses)
+        self.losses = summaries.format_postfix(losses, self.keys)
         if self.bar is not None:
             self.bar.set_postfix(self.losses, refresh=False)
             self.bar.update(num_steps)
@@ -224,27 +223,11 @@ class Trainer:
         self.steps_per_loop = max(1, int(config.steps_per_loop))
 
         with strategy.scope():
-            self.depth_net, self.pose_net, self.flow_net = build_networks(
-                config.height, config.width)
-            with gin.config_scope("depth_pose"):
-                dp_opt = optimizers.make_optimizer(loss_scale=loss_scale, name="adam_depth_pose")
-                self.lr_schedule_depth_pose = optimizers.make_learning_rate_schedule(
-                    config.steps_per_epoch)
-            with gin.config_scope("flow"):
-                f_opt = optimizers.make_optimizer(loss_scale=loss_scale, name="adam_flow")
-                self.lr_schedule_flow = optimizers.make_learning_rate_schedule(
-                    config.steps_per_epoch)
-            self.apportionment = factories.make_apportionment()
-            options = factories.step_options()._replace(jit_compile=bool(config.jit_compile),
-                                                        seed=int(config.seed))
-            self.step = CoopTrainStep(
-                self.depth_net, self.pose_net, self.flow_net, dp_opt, f_opt, self.apportionment,
-                weights=factories.loss_weights(), options=options,
-                global_batch_size=config.batch_size)
+            # networks, optimizers, step (factories.CoopNetMethod / LeeMethod)
+            self.method = factories.make_method(config.method, config, loss_scale)
+            self.step = self.method.step
             self.step.build()
-            # ORACLE switches read ground truth: the pipeline must deliver it.
-            self.needs_ground_truth = bool(self.apportionment.needs_ground_truth
-                                           or options.ground_truth_apportionment_inputs)
+            self.needs_ground_truth = self.method.needs_ground_truth
             self.global_step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -253,17 +236,13 @@ class Trainer:
             self.best_metric = tf.Variable(np.inf, dtype=tf.float32, trainable=False,
                                            name="best_metric",
                                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.depth_pose_optimizer, self.flow_optimizer = dp_opt, f_opt
         self.schedule = EpochSchedule(config.steps_per_epoch, config.burn_in_epochs,
                                       config.quantile_estimation_epochs,
-                                      stages=self.apportionment.stages)
+                                      stages=self.method.stages)
 
         self.checkpoint = tf.train.Checkpoint(
-            depth_net=self.depth_net, pose_net=self.pose_net, flow_net=self.flow_net,
-            depth_pose_optimizer=dp_opt, flow_optimizer=f_opt,
             global_step=self.global_step, epoch=self.epoch, best_metric=self.best_metric,
-            nonfinite_steps=self.step.nonfinite_steps,
-            **self.apportionment.checkpoint_items())
+            nonfinite_steps=self.step.nonfinite_steps, **self.method.checkpoint_items())
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.write_dir, run_layout.CHECKPOINT_SUBDIR),
             max_to_keep=config.keep_checkpoints, step_counter=self.global_step)
@@ -281,6 +260,13 @@ class Trainer:
         self._summary_steps: Dict[str, int] = {}
         self._last_summary = 0
         self._wrote_config = False
+
+    def __getattr__(self, name):
+        # the method's networks and parts (depth_net; CoopNet: pose_net, flow_net,
+        # apportionment, ...; Lee: motion_net) read as the trainer's own attributes
+        if name == "method":
+            raise AttributeError(name)
+        return getattr(self.method, name)
 
     # ------------------------------------------------------------- checkpoints ----
     def restore(self) -> Optional[str]:
@@ -342,8 +328,8 @@ class Trainer:
     # -------------------------------------------------------------- functions ----
     def _one_step(self, iterator, phase: Phase):
         step = self.global_step.read_value()
-        optimizers.set_learning_rate(self.depth_pose_optimizer, self.lr_schedule_depth_pose(step))
-        optimizers.set_learning_rate(self.flow_optimizer, self.lr_schedule_flow(step))
+        for optimizer, schedule in self.method.optimizers.values():
+            optimizers.set_learning_rate(optimizer, schedule(step))
         seed = tf.stack([tf.constant(self.config.seed, tf.int64), step])
         batch = next(iterator)
         per_replica = self.strategy.run(
@@ -422,12 +408,13 @@ class Trainer:
         spe = cfg.steps_per_epoch
         stop = min(int(stop_step), cfg.total_steps)
         step = int(self.global_step.numpy())
-        bar = Progress(cfg.total_steps, step, cfg.progress and self.is_chief)
+        bar = Progress(cfg.total_steps, step, cfg.progress and self.is_chief,
+                       keys=self.method.progress_keys)
         try:
             while step < stop:
                 epoch, offset = divmod(step, spe)
                 if offset == 0:
-                    self.apportionment.start_epoch()
+                    self.method.start_epoch()
                 self.epoch.assign(epoch)
                 iterator = self.train_iterator(epoch, offset)
                 epoch_end = min((epoch + 1) * spe, stop)
@@ -489,11 +476,9 @@ class Trainer:
         skipped steps, throughput) every ``summary_every_steps``, and images and
         histograms of the fixed validation batch every ``image_every_steps``."""
         cfg = self.config
-        layer = self.apportionment.quantile_layer
-        frozen = layer is not None and bool(np.any(layer.current_valid.numpy() > 0.5))
         for k, v in sums.items():
-            if k.startswith(QUANTILES_CURRENT) and not frozen:
-                continue     # no frozen quantiles yet (burn-in): nothing to plot
+            if not self.method.keep_scalar(k):
+                continue     # e.g. no frozen quantiles yet (burn-in): nothing to plot
             self._summary_sums[k] = self._summary_sums.get(k, 0.0) + v
             self._summary_steps[k] = self._summary_steps.get(k, 0) + num_steps
         if not self.is_chief:
@@ -505,10 +490,8 @@ class Trainer:
                                                      self._summary_steps).items():
                     summaries.write_scalars(values, step, prefix=prefix)
                 summaries.write_scalars({
-                    "learning_rate_depth_pose": float(optimizers.current_learning_rate(
-                        self.depth_pose_optimizer)),
-                    "learning_rate_flow": float(optimizers.current_learning_rate(
-                        self.flow_optimizer)),
+                    **{f"learning_rate_{name}": float(optimizers.current_learning_rate(opt))
+                       for name, (opt, _) in self.method.optimizers.items()},
                     "nonfinite_steps": float(self.step.nonfinite_steps.numpy()),
                     "steps_per_second": num_steps / max(elapsed, 1e-9),
                     "epoch": float((step - 1) // cfg.steps_per_epoch),
@@ -520,14 +503,14 @@ class Trainer:
                 step % cfg.image_every_steps == 0:
             _, images, hists = self.diagnostics_fn(phase)(self.diag_batch)
             with self.writer.as_default():
-                summaries.write_images(images, step)
+                summaries.write_images(images, step, kinds=self.method.image_kinds)
                 summaries.write_histograms(hists, step)
 
     def end_epoch(self) -> None:
         """Epoch end: freeze the quantiles, validate, checkpoint (and keep it as the best
         when the validation metric improved)."""
         step = int(self.global_step.numpy())
-        self.apportionment.end_epoch()
+        self.method.end_epoch()
         self.epoch.assign(step // self.config.steps_per_epoch)
         best = False
         if self.config.val_files:
@@ -544,7 +527,7 @@ class Trainer:
         return False
 
     def _validation_key(self) -> str:
-        return "abs_rel" if self.has_ground_truth else "val_photo_theta_alpha"
+        return "abs_rel" if self.has_ground_truth else self.method.validation_key
 
     # -------------------------------------------------------------- evaluation ----
     def evaluate_untrained(self) -> Dict[str, float]:
@@ -578,7 +561,9 @@ class Trainer:
             return {k: float(v) for k, v in result.items()
                     if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
         totals, count = {}, 0
-        phase = Phase(burn_in=True, update_quantiles=False)
+        # the phase of the last step trained (a method may define its loss per phase)
+        last = max(int(self.global_step.numpy()) - 1, 0)
+        phase = self.method.validation_phase(self.schedule.phase(last))
         for batch in ds:
             losses, _, _ = self.diagnostics_fn(phase)(batch)
             for k, v in losses.items():
@@ -634,7 +619,8 @@ def validation_history(model_dir: str) -> str:
             results.append(json.load(f))
     if not results:
         return ""
-    key = "abs_rel" if "abs_rel" in results[0] else "val_photo_theta_alpha"
+    key = "abs_rel" if "abs_rel" in results[0] else next(
+        (k for k in VALIDATION_LOSS_KEYS if k in results[0]), VALIDATION_LOSS_KEYS[0])
     results = sorted((r for r in results if key in r), key=lambda r: r["step"])
     if not results:
         return ""
@@ -702,8 +688,10 @@ def train_and_evaluate(
     stop_at_step: Optional[int] = None,
     progress: bool = True,
     max_consecutive_nonfinite_steps: int = 20,
+    method: str = "coopnet",
 ) -> Dict[str, float]:
-    """Trains CoopNet and evaluates it after every epoch (paper Sec. 4.4 protocol).
+    """Trains CoopNet (or another method) and evaluates it after every epoch (paper Sec.
+    4.4 protocol).
 
     Args:
       model_dir: checkpoints, summaries and the operative config go here; an existing
@@ -742,6 +730,9 @@ def train_and_evaluate(
       progress: show the tqdm progress bar.
       max_consecutive_nonfinite_steps: stop with `TrainingDivergedError` after this many
         skipped (non-finite) steps in a row; 0 never stops. Skipped steps are warned about.
+      method: 'coopnet' (depth, pose and flow nets with the configured apportionment,
+        Competitive Collaboration included) or 'lee' (Lee et al., ICCV 2021: depth and
+        motion nets, the three phases of their Table 1; docs/lee.md).
 
     Returns:
       The last validation metrics (plus ``step``, ``epoch``, ``nonfinite_steps``).
@@ -765,7 +756,8 @@ def train_and_evaluate(
         max_eval_batches=max_eval_batches, seed=int(seed),
         deterministic_data=bool(deterministic_data), run_eagerly=bool(run_eagerly),
         progress=bool(progress),
-        max_consecutive_nonfinite_steps=int(max_consecutive_nonfinite_steps))
+        max_consecutive_nonfinite_steps=int(max_consecutive_nonfinite_steps),
+        method=str(method))
     warning = batch_size_warning(train_files, config.batch_size)
     if warning:
         logging.warning(warning)

@@ -13,7 +13,8 @@ loop's `tf.function` calls at stage changes (one trace per distinct phase). Exam
 
 * Competitive Collaboration (Ranjan et al.): alternating competition / collaboration
   every P steps: ``Stages(("competition", "collaboration"), (P, P), "steps", True)``;
-* Lee et al.'s three phases: ``Stages(("a", "b", "c"), (e1, e2, e3), "epochs", False)``
+* Lee et al.'s three phases (`factories.LeeMethod`, the stages of a method rather than of
+  a strategy): ``Stages(("phase1", "phase2", "phase3"), (e1, e2, 1), "epochs", False)``
   (the last stage lasts until the end).
 
 The stage is a pure function of the global step (saved in every checkpoint), so a

@@ -159,9 +159,9 @@ def ground_truth_flow_inputs(batch: Dict[str, tf.Tensor]):
     target = frames[:, specs.TARGET_INDEX]
     src_stack = tf.concat([frames[:, i] for i in specs.SOURCE_INDICES], 0)
     gt_flow = tf.cast(batch[specs.KEY_GT_FLOW], tf.float32)
-    warped, _ = geometry.flow_warp(src_stack, _to_source_major(gt_flow))
+    warped, _ = geometry.flow_warp(src_stack, to_source_major(gt_flow))
     phi = photometric.photometric_error(tf.concat([target] * num_src, 0), warped)
-    return tf.stop_gradient(_to_batch_source(phi, num_src)), tf.stop_gradient(gt_flow)
+    return tf.stop_gradient(to_batch_source(phi, num_src)), tf.stop_gradient(gt_flow)
 
 
 def backward_flow_error(target, source, flow_bw):
@@ -225,7 +225,7 @@ def _upsample_flow(flow, height, width):
     return up * tf.constant([width / w, height / h], tf.float32)
 
 
-def _to_batch_source(x, num_sources):
+def to_batch_source(x, num_sources):
     """`[S*B, ...]` stacked source-major -> `[B, S, ...]`."""
     shape = tf.shape(x)
     y = tf.reshape(x, tf.concat([[num_sources, -1], shape[1:]], 0))
@@ -236,8 +236,8 @@ def _to_batch_source(x, num_sources):
     return y
 
 
-def _to_source_major(x):
-    """`[B, S, ...]` -> `[S*B, ...]` (inverse of `_to_batch_source`)."""
+def to_source_major(x):
+    """`[B, S, ...]` -> `[S*B, ...]` (inverse of `to_batch_source`)."""
     perm = [1, 0] + list(range(2, x.shape.rank))
     y = tf.transpose(x, perm)
     return tf.reshape(y, tf.concat([[-1], tf.shape(x)[2:]], 0))
@@ -248,7 +248,7 @@ def _downsample_mask(mask, factor):
     return mask if factor == 1 else mask[:, ::factor, ::factor]
 
 
-def _tf_variables(variables) -> List[tf.Variable]:
+def tf_variables(variables) -> List[tf.Variable]:
     """The `tf.Variable`s behind Keras 3 variables (what `GradientTape.watch` accepts)."""
     return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
@@ -266,6 +266,68 @@ def _clip(grads, clip_norm):
     clipped, _ = tf.clip_by_global_norm(present, clip_norm)
     it = iter(clipped)
     return [None if g is None else next(it) for g in grads]
+
+
+def count_nonfinite(total: tf.Variable, consecutive: tf.Variable, increment) -> None:
+    """Counters of skipped steps; increment: 1 when this step was skipped, else 0."""
+    total.assign_add(increment)
+    consecutive.assign((tf.convert_to_tensor(consecutive) + increment) * increment)
+
+
+def guarded_update(updates, losses: Dict[str, tf.Tensor], stats_vars, saved_stats,
+                   loss_scaling: bool, clip_norm: Optional[float], count) -> tf.Tensor:
+    """Applies each group's gradients unless any loss or gradient is non-finite on any
+    replica (then nothing changes: the forward's BatchNorm / quantile statistics are
+    restored and the step counts as skipped). The decision is identical on every replica.
+
+    Args:
+      updates: per trained group, `(gradients, variables, optimizer)`.
+      losses: name -> scalar of this step.
+      stats_vars, saved_stats: variables the forward pass updated, and their values before.
+      loss_scaling: the optimizers are LossScaleOptimizers (they handle inf gradients).
+      clip_norm: global-norm clipping per group, or None.
+      count: `count(increment)`, increment 1 when the step was skipped, else 0.
+
+    Returns:
+      bool scalar: the update was applied.
+    """
+    ctx = tf.distribute.get_replica_context()
+    checked = list(losses.values())
+    if not loss_scaling:     # a LossScaleOptimizer handles inf gradients itself
+        for grads, _, _ in updates:
+            checked += list(grads)
+    bad_local = 1.0 - tf.cast(_all_finite(checked), tf.float32)
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad_local) if ctx else bad_local
+    ok = bad < 0.5
+    # local per-replica assignments; all replicas agree on `ok`, and no control flow
+    # crosses a sync point.
+    for var, old in zip(stats_vars, saved_stats):
+        var.assign(tf.where(ok, tf.convert_to_tensor(var), old))
+    clipped = [_clip(grads, clip_norm) for grads, _, _ in updates]
+
+    def apply_fn(*group_grads):
+        for (_, variables, optimizer), grads in zip(updates, group_grads):
+            optimizer.apply(grads, variables)
+
+    def cross_replica(distribution, bad_value, *group_grads):
+        # A cond whose branch calls the optimizers (which merge_call) must be built in
+        # cross-replica context (as keras.optimizers.LossScaleOptimizer does).
+        skip = distribution.experimental_local_results(bad_value)[0] > 0.5
+
+        def do_apply():
+            distribution.extended.call_for_each_replica(apply_fn, args=tuple(group_grads))
+            return tf.constant(0, tf.int64)
+
+        count(tf.cond(skip, lambda: tf.constant(1, tf.int64), do_apply))
+
+    if ctx is not None and not tf.__internal__.distribute.strategy_supports_no_merge_call():
+        ctx.merge_call(cross_replica, args=(bad, *clipped))
+    else:
+        def do_apply_local():
+            apply_fn(*clipped)
+            return tf.constant(0, tf.int64)
+        count(tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64)))
+    return ok
 
 
 class CoopTrainStep:
@@ -453,7 +515,7 @@ class CoopTrainStep:
             tf.concat([flow_bw[0], flow_fw[0]], 0), opts.occlusion_threshold))
         non_occ_t = non_occ[:sb]
         non_occ_s = non_occ[sb:]   # source pixels visible in t (backward photometric term)
-        out["non_occluded"] = _to_batch_source(non_occ_t, num_src)
+        out["non_occluded"] = to_batch_source(non_occ_t, num_src)
 
         # 2. warps and Φ maps at full resolution, every (scale, source) in one call each.
         rigid_warped, _, rigid_flows = geometry.rigid_warp(
@@ -477,12 +539,12 @@ class CoopTrainStep:
                 tf.concat([rigid_warped, flow_warped, src_stack], 0))
             phi_flow = [phi[n + k * sb:n + (k + 1) * sb] for k in range(num_scales)]
             phi_identity = phi[2 * n:]
-        out["phi_rigid"] = [_to_batch_source(phi[k * sb:(k + 1) * sb], num_src)
+        out["phi_rigid"] = [to_batch_source(phi[k * sb:(k + 1) * sb], num_src)
                             for k in range(num_scales)]
-        out["phi_flow"] = [_to_batch_source(p, num_src) for p in phi_flow]
-        out["phi_identity"] = _to_batch_source(phi_identity, num_src)
-        out["rigid_flow"] = _to_batch_source(rigid_flows[:sb], num_src)
-        out["optical_flow"] = _to_batch_source(flow_fw[0], num_src)
+        out["phi_flow"] = [to_batch_source(p, num_src) for p in phi_flow]
+        out["phi_identity"] = to_batch_source(phi_identity, num_src)
+        out["rigid_flow"] = to_batch_source(rigid_flows[:sb], num_src)
+        out["optical_flow"] = to_batch_source(flow_fw[0], num_src)
         if opts.backward_flow_photometric:
             # the target warped into each source's grid with F_{s->t}, compared with the
             # source; its domain: source pixels visible in t (range map of F_{t->s}).
@@ -494,8 +556,8 @@ class CoopTrainStep:
                     tf.concat([tgt_rep] * num_scales, 0), tf.concat([src_stack] * num_scales, 0),
                     tf.concat([_upsample_flow(f, height, width) for f in flow_bw], 0))
                 phi_bw = [phi_bw[k * sb:(k + 1) * sb] for k in range(num_scales)]
-            out["phi_flow_backward"] = [_to_batch_source(p, num_src) for p in phi_bw]
-            out["non_occluded_source"] = _to_batch_source(non_occ_s, num_src)
+            out["phi_flow_backward"] = [to_batch_source(p, num_src) for p in phi_bw]
+            out["non_occluded_source"] = to_batch_source(non_occ_s, num_src)
 
         # 5a. mask-independent auxiliary terms, per scale (weights applied later).
         smooth_d, smooth_f, fb = [], [], []
@@ -640,8 +702,8 @@ class CoopTrainStep:
             num_src = len(fwd["transforms"])
             K = tf.concat([fwd["intrinsics"]] * num_src, 0)
             t_stack = tf.concat(fwd["transforms"], 0)
-            mask = _to_source_major(app.rigid_mask * fwd["non_occluded"])
-            flow = _to_source_major(fwd["optical_flow"])
+            mask = to_source_major(app.rigid_mask * fwd["non_occluded"])
+            flow = to_source_major(fwd["optical_flow"])
             losses["ep_theta_alpha"] = consistency.epipolar_loss(
                 tf.stop_gradient(flow), t_stack, K, mask)
             losses["ep_delta"] = consistency.epipolar_loss(
@@ -687,61 +749,25 @@ class CoopTrainStep:
                              "total_strategy")}
         active = [name for name in TRAINED_GROUPS if name in groups and spec[name][0]]
         stats_vars = self.statistics_variables
-        saved_stats = [tf.identity(v) for v in _tf_variables(stats_vars)]
+        saved_stats = [tf.identity(v) for v in tf_variables(stats_vars)]
         scale = self._replica_scale(batch)
 
         tapes = {name: tf.GradientTape(watch_accessed_variables=False) for name in active}
         with contextlib.ExitStack() as stack:
             for name in active:
-                stack.enter_context(tapes[name]).watch(_tf_variables(spec[name][0]))
+                stack.enter_context(tapes[name]).watch(tf_variables(spec[name][0]))
             losses, app, _ = self.compute_losses(batch, phase, seed)
             objectives = {}
             for name in active:
                 objectives[name] = losses[spec[name][2]] * scale
                 if self._loss_scaling:
                     objectives[name] = spec[name][1].scale_loss(objectives[name])
-        grads = {name: tapes[name].gradient(objectives[name], _tf_variables(spec[name][0]))
+        grads = {name: tapes[name].gradient(objectives[name], tf_variables(spec[name][0]))
                  for name in active}
 
-        # Non-finite guard (identical decision on every replica).
-        checked = list(losses.values())
-        if not self._loss_scaling:     # a LossScaleOptimizer handles inf gradients itself
-            for name in active:
-                checked += list(grads[name])
-        bad_local = 1.0 - tf.cast(_all_finite(checked), tf.float32)
-        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad_local) if ctx else bad_local
-        ok = bad < 0.5
-        # BatchNorm statistics and the P² estimators were updated by the forward pass:
-        # restore them on skip (local per-replica assignments; all replicas agree on `ok`,
-        # and no control flow crosses a sync point).
-        for var, old in zip(stats_vars, saved_stats):
-            var.assign(tf.where(ok, tf.convert_to_tensor(var), old))
-        grads = [_clip(grads[name], self.options.gradient_clip_norm) for name in active]
-
-        def apply_fn(*group_grads):
-            for name, g in zip(active, group_grads):
-                spec[name][1].apply(g, spec[name][0])
-
-        def cross_replica(distribution, bad_value, *group_grads):
-            # A cond whose branch calls the optimizers (which merge_call) must be built in
-            # cross-replica context (as keras.optimizers.LossScaleOptimizer does).
-            skip = distribution.experimental_local_results(bad_value)[0] > 0.5
-
-            def do_apply():
-                distribution.extended.call_for_each_replica(apply_fn, args=tuple(group_grads))
-                return tf.constant(0, tf.int64)
-
-            increment = tf.cond(skip, lambda: tf.constant(1, tf.int64), do_apply)
-            self._count_nonfinite(increment)
-
-        if ctx is not None and not tf.__internal__.distribute.strategy_supports_no_merge_call():
-            ctx.merge_call(cross_replica, args=(bad, *grads))
-        else:
-            def do_apply_local():
-                apply_fn(*grads)
-                return tf.constant(0, tf.int64)
-            increment = tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64))
-            self._count_nonfinite(increment)
+        ok = guarded_update([(grads[name], spec[name][0], spec[name][1]) for name in active],
+                            losses, stats_vars, saved_stats, self._loss_scaling,
+                            self.options.gradient_clip_norm, self._count_nonfinite)
 
         out = {}
         for key, value in losses.items():
@@ -753,10 +779,7 @@ class CoopTrainStep:
         return out
 
     def _count_nonfinite(self, increment):
-        """increment: 1 when this step was skipped, else 0."""
-        self.nonfinite_steps.assign_add(increment)
-        self.consecutive_nonfinite_steps.assign(
-            (tf.convert_to_tensor(self.consecutive_nonfinite_steps) + increment) * increment)
+        count_nonfinite(self.nonfinite_steps, self.consecutive_nonfinite_steps, increment)
 
     # ----------------------------------------------------------- diagnostics ----
     def diagnostics(self, batch: Dict[str, tf.Tensor], phase: Phase, seed):
@@ -803,10 +826,10 @@ def gradient_routing(step: CoopTrainStep, batch, phase: Phase, seed) -> Dict[str
     """
     dp_vars, f_vars = step.depth_pose_variables, step.flow_variables
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-        tape.watch(_tf_variables(dp_vars + f_vars))
+        tape.watch(tf_variables(dp_vars + f_vars))
         losses, _, _ = step.compute_losses(batch, phase, seed, update_quantiles=False)
     zero = tf.UnconnectedGradients.ZERO
-    dp_vars, f_vars = _tf_variables(dp_vars), _tf_variables(f_vars)
+    dp_vars, f_vars = tf_variables(dp_vars), tf_variables(f_vars)
     out = {
         "delta_wrt_depth_pose": tape.gradient(losses["total_delta"], dp_vars, unconnected_gradients=zero),
         "theta_alpha_wrt_flow": tape.gradient(losses["total_theta_alpha"], f_vars, unconnected_gradients=zero),
