@@ -101,7 +101,7 @@ def test_reproduce_synthetic_tiny(tmp_path):
     assert "AbsRel moving" in data["summary"]["coopnet"]
     assert "trivial (learned nothing)" in data["summary"]
     assert "coopnet − coopnet_gt_inputs" in data["summary"]["_paired"]
-    assert "**Verdicts**" in md and "n/a (fewer than 2 seeds)" in md
+    assert "coopnet − coopnet_gt_inputs" in md     # the paired table (one seed: n/a)
     assert payload["per_run"].keys() == data["per_run"].keys()
 
 
@@ -127,6 +127,10 @@ def test_verdicts_follow_the_paired_intervals():
     one = rs.summarise({k: v for k, v in per_run.items() if k.endswith("seed0")},
                        ("baseline", "oracle_static"), (0,))
     assert all(r["outcome"].startswith("n/a") for r in one["_verdicts"])
+    md = rs.tables_markdown(summary, ("baseline", "oracle_static"), (0, 1, 2))
+    assert "**Verdicts**" in md and "oracle_static better" in md
+    md_one = rs.tables_markdown(one, ("baseline", "oracle_static"), (0,))
+    assert "**Verdicts**" in md_one and "n/a (fewer than 2 seeds)" in md_one
 
 
 def test_throughput_tiny(tmp_path):
