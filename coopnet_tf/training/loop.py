@@ -43,6 +43,7 @@ from absl import logging
 from coopnet_tf import models, run_layout, specs, summaries
 from coopnet_tf.data import pipeline, records
 from coopnet_tf.eval import depth as depth_eval
+from coopnet_tf.training import determinism
 from coopnet_tf.training import distribution as distribution_lib
 from coopnet_tf.training import factories, optimizers
 from coopnet_tf.training.schedule import EpochSchedule
@@ -94,22 +95,6 @@ class TrainConfig(NamedTuple):
 
 
 # ------------------------------------------------------------------------ helpers ----
-
-def set_op_determinism(enabled: bool) -> bool:
-    """Turns TensorFlow's op determinism on or off; returns the previous state.
-
-    `tf.config.experimental.enable_op_determinism` is process-wide and has no public
-    counterpart to read or undo it, so this uses the module behind it (TF 2.9+).
-    """
-    # pylint: disable-next=import-outside-toplevel
-    from tensorflow.python.framework import config as tf_config
-    before = bool(tf_config.is_op_determinism_enabled())
-    if enabled and not before:
-        tf_config.enable_op_determinism()
-    elif before and not enabled:
-        tf_config.disable_op_determinism()
-    return before
-
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """Data seed of one epoch: a deterministic function of (seed, epoch)."""
@@ -721,9 +706,10 @@ def train_and_evaluate(
       evaluate_before_training: evaluate the untrained networks first (step 0).
       seed: seeds the data order/augmentation per epoch and the per-step randomness.
       deterministic_data: deterministic tf.data (needed for exact resume).
-      deterministic_ops: `tf.config.experimental.enable_op_determinism()` while training
-        (restored afterwards): two runs, and a resumed and an uninterrupted run, give
-        bit-identical weights on CPU (docs/synthetic_benchmark.md, "Determinism").
+      deterministic_ops: deterministic kernels (`enable_op_determinism`) and no Grappler
+        memory optimizer while training (`training.determinism`; restored afterwards):
+        two runs, and a resumed and an uninterrupted run, give bit-identical weights on
+        CPU (docs/synthetic_benchmark.md, "Determinism").
       run_eagerly: no tf.function (debugging; set by ``--run_eagerly``).
       stop_at_step: stop (after checkpointing) when the global step reaches it — a
         planned interruption; running again resumes.
@@ -762,7 +748,7 @@ def train_and_evaluate(
     if warning:
         logging.warning(warning)
 
-    determinism_before = set_op_determinism(deterministic_ops)
+    determinism_before = determinism.set_op_determinism(deterministic_ops)
     trainer = Trainer(config, strategy)
     check_oracles(trainer)
     restored = trainer.restore()
@@ -773,7 +759,7 @@ def train_and_evaluate(
     try:
         step = trainer.train_until(config.total_steps if stop_at_step is None else stop_at_step)
     finally:
-        set_op_determinism(determinism_before)
+        determinism.restore(determinism_before)
     if trainer.is_chief:
         logging.info("trained %d steps in %.1f s", step, time.time() - start_time)
         history = validation_history(trainer.write_dir)
