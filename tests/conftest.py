@@ -6,6 +6,12 @@
 * `shared_data` fixture: the real third-party data in ../shared/data; tests that
   need it skip with a message when it is absent (a user's clone has none).
 * `tiny_world`: the square one-sequence synthetic world of the train-step and loop tests.
+* `TINY_ENCODERS`: gin bindings that give every network of a test's training run the
+  10-layer ResNet encoder (one BasicBlock per stage, ResNet18's feature shapes) through
+  the same factories: graph tracing and eager dispatch, which dominate at test sizes,
+  scale with the number of layers.
+* `fast_graphs` fixture (opt in with `pytestmark = pytest.mark.usefixtures("fast_graphs")`):
+  grappler off for a module's few-step runs.
 """
 import os
 import pathlib
@@ -21,6 +27,13 @@ tf.config.set_logical_device_configuration(
 )
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_ENCODERS = (
+    "build_depth_net.num_layers = 10",
+    "build_pose_net.num_layers = 10",
+    "build_flow_net.num_layers = 10",
+    "build_moderator_net.num_layers = 10",
+    "build_motion_net.num_layers = 10",
+)
 SHARED_DATA = pathlib.Path(
     os.environ.get("COOPNET_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
 )
@@ -44,6 +57,16 @@ def _isolated_gin_config():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+@pytest.fixture
+def fast_graphs():
+    """Skip grappler's graph optimisations: they cost more than they save in few-step runs."""
+    old = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    yield
+    tf.config.optimizer.set_experimental_options(
+        {"disable_meta_optimizer": old.get("disable_meta_optimizer", False)})
 
 
 def tiny_world(tmp_path_factory, size, frames_per_sequence):

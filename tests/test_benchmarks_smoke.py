@@ -1,14 +1,17 @@
 """Smoke test of the benchmark scripts' core functions at a tiny setting (not a benchmark).
 
 Runs `benchmarks/reproduce_synthetic.py` (coopnet, one seed, two eager steps, a tiny
-world) and `benchmarks/throughput.py` (eager mode, 64x64, batch 1, R18
-networks) end to end and checks the JSON they write. The numbers are meaningless here.
+world) and `benchmarks/throughput.py` (eager mode, 64x64, batch 1) end to end with
+ResNet10 encoders (conftest.TINY_ENCODERS) and checks the JSON they write. The numbers
+are meaningless here.
 """
 import json
 import pathlib
 import sys
 
 import pytest
+
+import conftest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -68,9 +71,9 @@ def test_reproduce_synthetic_tiny(tmp_path):
         num_epochs=3, steps_per_epoch=1, burn_in_epochs=2, lr_boundary_epoch=2,
         num_sequences=1, num_val_sequences=1, num_test_sequences=1, frames_per_sequence=6,
         num_objects=4, run_eagerly=True, plot=True, share_burn_in=True,
-        extra_bindings=("build_flow_net.num_layers = 18",
-                        "train_and_evaluate.max_eval_batches = 1",
-                        "train_and_evaluate.evaluate_before_training = False"))
+        extra_bindings=conftest.TINY_ENCODERS + (
+            "train_and_evaluate.max_eval_batches = 1",
+            "train_and_evaluate.evaluate_before_training = False"))
     payload = rs.run(cfg, argv=["reproduce_synthetic.py", "--smoke"])
     data = json.loads((tmp_path / "out" / "reproduce_synthetic.json").read_text())
     md = (tmp_path / "out" / "reproduce_synthetic.md").read_text()
@@ -135,7 +138,8 @@ def test_verdicts_follow_the_paired_intervals():
 
 def test_throughput_tiny(tmp_path):
     from benchmarks import throughput as tp
-    cfg = tp.Config(height=64, width=64, batch_size=1, flow_layers=18,
+    cfg = tp.Config(height=64, width=64, batch_size=1, depth_layers=10, pose_layers=10,
+                    flow_layers=10,
                     modes=("eager",), warmup=1, iters=1, eager_iters=1,
                     p2_iters=1, pipeline_batches=2, pipeline_sequences=1, pipeline_frames=4,
                     latency=True, latency_iters=1, output_dir=str(tmp_path), output_name="tp")

@@ -36,10 +36,11 @@ def batch(tmp_path_factory):
 
 def build_step(**strategy_options):
     tf.keras.utils.set_random_seed(1)
-    depth = models.build_depth_net(height=SIZE, width=SIZE, decoder_channels=THIN)
-    pose = models.build_pose_net(height=SIZE, width=SIZE)
-    flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=18, decoder_channels=THIN)
-    moderator = models.build_moderator_net(height=None, width=None, decoder_channels=THIN)
+    depth = models.build_depth_net(height=SIZE, width=SIZE, num_layers=10, decoder_channels=THIN)
+    pose = models.build_pose_net(height=SIZE, width=SIZE, num_layers=10)
+    flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=10, decoder_channels=THIN)
+    moderator = models.build_moderator_net(height=None, width=None, num_layers=10,
+                                           decoder_channels=THIN)
     strategy = cs.CompetitiveCollaborationStrategy(
         moderator, tf.keras.optimizers.Adam(1e-3), **strategy_options)
     step = CoopTrainStep(depth, pose, flow, tf.keras.optimizers.Adam(1e-3),

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf import export, geometry, models, predict, run_layout, specs
 
 SIZE = 64
-ARCH_BINDINGS = [
+ARCH_BINDINGS = list(conftest.TINY_ENCODERS) + [
     "build_depth_net.decoder_channels = (4, 8, 8, 16, 16)",
-    "build_flow_net.num_layers = 18",
     "build_flow_net.decoder_channels = (4, 8, 8, 16, 16)",
 ]
 

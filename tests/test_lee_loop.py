@@ -27,13 +27,7 @@ from coopnet_tf.training import factories, lee_step, loop, schedule
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def fast_graphs():
-    old = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    yield
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": old.get("disable_meta_optimizer", False)})
+pytestmark = pytest.mark.usefixtures("fast_graphs")   # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,8 @@ def tiny_dataset(tmp_path_factory):
 
 
 def configure(data_dir):
-    """gin/lee_synthetic.gin at 64x64, one step per epoch, phases of one epoch each."""
+    """gin/lee_synthetic.gin at 64x64 with ResNet10 encoders, one step per epoch, phases of
+    one epoch each."""
     gin.clear_config()
     train_main.parse_gin(["lee_synthetic.gin"], [
         "train_and_evaluate.data_dir = None",
@@ -67,7 +62,7 @@ def configure(data_dir):
         "lee.lambda_mc = 0.0",            # (L_mc doubles the motion-net work; test_lee_step)
         "build_depth_net.decoder_channels = (4, 8, 8, 16, 16)",
         "build_motion_net.decoder_channels = (4, 8, 8, 16, 16)",
-    ])
+    ] + list(conftest.TINY_ENCODERS))
 
 
 def test_phases_of_the_schedule():

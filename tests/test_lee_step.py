@@ -27,14 +27,7 @@ SEED = tf.constant([3, 7], tf.int64)
 SMALL = (4, 8, 8, 16, 16)   # decoder widths: the production code, narrow
 
 
-@pytest.fixture(autouse=True)
-def fast_graphs():
-    """No grappler passes: they cost more than they save for a few eager steps."""
-    old = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    yield
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": old.get("disable_meta_optimizer", False)})
+pytestmark = pytest.mark.usefixtures("fast_graphs")   # conftest.py
 
 
 def build_step(weights=lee_step.LeeWeights(), dam=True):

@@ -78,6 +78,33 @@ def test_encoder_is_torchvision_v15_layout():
     assert "layer1_0_downsample_0" not in [l.name for l in enc18.layers]
 
 
+def test_resnet10_is_resnet18_with_one_block_per_stage(tmp_path, monkeypatch):
+    """The tests' small encoder: stem + one BasicBlock per stage (2 convs each) + the 3
+    projection shortcuts of stages 2-4; ResNet18's feature shapes and channels."""
+    enc10 = resnet.build_resnet_encoder(10, 6, 64, 64)
+    enc18 = resnet.build_resnet_encoder(18, 6, 64, 64)
+    convs = [l.name for l in enc10.layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == 1 + 4 * 2 + 3
+    assert sorted(convs) == sorted(
+        ["conv1"] + [f"layer{s}_0_conv{i}" for s in range(1, 5) for i in (1, 2)]
+        + [f"layer{s}_0_downsample_0" for s in (2, 3, 4)])
+    assert [tuple(f.shape[1:]) for f in enc10.outputs] == [
+        tuple(f.shape[1:]) for f in enc18.outputs] == [
+        (32, 32, 64), (16, 16, 64), (8, 8, 128), (4, 4, 256), (2, 2, 512)]
+    # the chained stages (motion net) build the same convs
+    stages = resnet.build_resnet_stages(10, 6, 64, 64)
+    assert sorted(l.name for s in stages for l in s.layers
+                  if isinstance(l, keras.layers.Conv2D)) == sorted(convs)
+    # no ImageNet weights exist for it: a clear error, not a file hunt
+    np.savez(tmp_path / "resnet10.npz", **_fake_state_dict(10))
+    monkeypatch.setenv(resnet.PRETRAINED_DIR_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match="no ImageNet weights for ResNet10"):
+        resnet.resolve_pretrained_weights("imagenet", 10)
+    # ResNet18 weights given by path do not fit it (layerN.1.* left over)
+    with pytest.raises(ValueError, match=r"does not use \(wrong depth\?\).*layer1\.1\."):
+        resnet.load_pretrained_encoder(enc10, _fake_state_dict(18))
+
+
 # --- Shapes and ranges ---------------------------------------------------------
 
 

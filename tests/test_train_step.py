@@ -38,11 +38,12 @@ def batch(tiny_dataset):
 
 def build_step(strategy_name="coopnet", residual=False, weights=LossWeights(),
                options=step_lib.StepOptions()):
-    """Small networks from the project's factories (ResNet18 encoders, thin decoders)."""
+    """Small networks from the project's factories (ResNet10 encoders, thin decoders)."""
     tf.keras.utils.set_random_seed(1)
-    depth = models.build_depth_net(height=SIZE, width=SIZE, decoder_channels=(4, 8, 8, 16, 16))
-    pose = models.build_pose_net(height=SIZE, width=SIZE)
-    flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=18, residual=residual,
+    depth = models.build_depth_net(height=SIZE, width=SIZE, num_layers=10,
+                                   decoder_channels=(4, 8, 8, 16, 16))
+    pose = models.build_pose_net(height=SIZE, width=SIZE, num_layers=10)
+    flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=10, residual=residual,
                                  decoder_channels=(4, 8, 8, 16, 16))
     strategy_options = {"sample_size": 256} if strategy_name == "coopnet" else {}
     step = CoopTrainStep(depth, pose, flow, tf.keras.optimizers.Adam(1e-4),

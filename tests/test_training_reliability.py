@@ -37,7 +37,8 @@ def tiny_dataset(tmp_path_factory):
 
 
 def configure(data_dir, *extra):
-    """synthetic.gin shrunk to seconds: eager steps, small decoders, no images."""
+    """synthetic.gin shrunk to seconds: eager steps, ResNet10 encoders, small decoders, no
+    images."""
     gin.clear_config()
     train_main.parse_gin(["synthetic.gin"], [
         f"train_and_evaluate.data_dir = '{data_dir}'",
@@ -54,7 +55,7 @@ def configure(data_dir, *extra):
         "build_depth_net.decoder_channels = (4, 8, 8, 16, 16)",
         "build_flow_net.decoder_channels = (4, 8, 8, 16, 16)",
         "make_apportionment.sample_size = 64",
-    ] + list(extra))
+    ] + list(conftest.TINY_ENCODERS) + list(extra))
 
 
 def _scalars(logdir):

@@ -25,7 +25,8 @@ def build_depth_model(
 
     Args:
       height, width: input size, multiples of 32 (None = dynamic).
-      num_layers: ResNet depth, 18, 34 or 50.
+      num_layers: ResNet depth, 18, 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       decoder_channels: Monodepth2 decoder widths per level.
       name: model name.
 

@@ -28,7 +28,8 @@ def build_depth_net(
 
     Args:
       height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
-      num_layers: ResNet encoder depth: 18 (paper), 34 or 50.
+      num_layers: ResNet encoder depth: 18 (paper), 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       pretrained_weights: None (random init, default), "imagenet" (a local
         resnet{N}.npz, see `resnet.resolve_pretrained_weights`; never downloaded) or
         the path of an .npz written by tools/convert_torchvision_weights.py.
@@ -58,7 +59,8 @@ def build_pose_net(
 
     Args:
       height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
-      num_layers: ResNet encoder depth: 18 (paper), 34 or 50.
+      num_layers: ResNet encoder depth: 18 (paper), 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       pretrained_weights: as for `build_depth_net`; conv1 is tiled over the frames
         and divided by their number.
       num_input_frames: frames stacked in temporal order on the channel axis.
@@ -92,7 +94,8 @@ def build_flow_net(
 
     Args:
       height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
-      num_layers: ResNet encoder depth: 50 (default), 34 or 18.
+      num_layers: ResNet encoder depth: 50 (default), 34, 18 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       residual: False = direct flow on the frame pair (project default);
         True = ResFlowNet-style residual on stop-gradient rigid inputs.
       pretrained_weights: as for `build_depth_net`; conv1 is tiled over the image
@@ -127,7 +130,8 @@ def build_moderator_net(
 
     Args:
       height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
-      num_layers: ResNet encoder depth: 18 (default), 34 or 50.
+      num_layers: ResNet encoder depth: 18 (default), 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       pretrained_weights: as for `build_depth_net`; conv1 is tiled over the 3 frames
         and divided by their number.
       decoder_channels: Monodepth2 decoder widths.
@@ -161,7 +165,8 @@ def build_motion_net(
 
     Args:
       height, width: input size, multiples of 32 (ValueError otherwise); None = dynamic.
-      num_layers: ResNet encoder depth: 18 (paper), 34 or 50.
+      num_layers: ResNet encoder depth: 18 (paper), 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       dam: True = dynamics attention module with ego and residual branches (paper);
         False = plain shared encoder (ablation "without DAM").
       pretrained_weights: as for `build_depth_net`; conv1 is tiled over the 2 images

@@ -41,7 +41,8 @@ def build_flow_model(
 
     Args:
       height, width: input size, multiples of 32 (None = dynamic).
-      num_layers: ResNet depth, 18, 34 or 50 (default 50).
+      num_layers: ResNet depth, 18, 34 or 50 (default 50), or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       residual: ResFlowNet variant with a second (rigid) input; see module docstring.
       decoder_channels: decoder widths per level ([16..256], docs/decisions.md C9).
       flow_scale_factor: head output x factor x (W_s, H_s) gives pixels (GeoNet: 0.1).

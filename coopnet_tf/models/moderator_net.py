@@ -35,7 +35,8 @@ def build_moderator_model(
 
     Args:
       height, width: input size, multiples of 32 (None = dynamic).
-      num_layers: ResNet depth, 18, 34 or 50.
+      num_layers: ResNet depth, 18, 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       decoder_channels: Monodepth2 decoder widths per level.
       num_sources: masks per scale (one per source frame).
       name: model name.

@@ -149,7 +149,8 @@ def build_motion_model(
 
     Args:
       height, width: input size, multiples of 32 (None = dynamic).
-      num_layers: ResNet depth, 18 (paper), 34 or 50.
+      num_layers: ResNet depth, 18 (paper), 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       dam: True = DAM after ResLayers 2-4 with ego and residual branches; False = one
         plain encoder feeding both decoders (Lee Table 3, "without DAM").
       dam_ratio: GCNet bottleneck ratio r (paper: 4).

@@ -27,7 +27,8 @@ def build_pose_model(
 
     Args:
       height, width: input size, multiples of 32 (None = dynamic).
-      num_layers: ResNet depth, 18, 34 or 50.
+      num_layers: ResNet depth, 18, 34, 50 or 10 (small variant for
+        tests and quick experiments, no ImageNet weights).
       num_input_frames: frames stacked on the channel axis (2: [I_a, I_b]).
       output_scale: multiplies the output (Monodepth2 / SC-SfM: 0.01).
       name: model name.

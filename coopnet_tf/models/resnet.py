@@ -1,5 +1,8 @@
 """ResNet18/34/50 encoders in the torchvision layout, and their ImageNet initialisation.
 
+Also a ResNet10 (ResNet18 with one BasicBlock per stage instead of two, same widths and
+feature shapes): a small variant for tests and quick experiments, without ImageNet weights.
+
 Why our own ResNets (docs/decisions.md C9): keras.applications has no ResNet18/34, and its
 ResNet50 is the original Caffe v1 (stride 2 in the first 1x1 conv of a downsampling
 bottleneck) trained with "caffe" preprocessing (BGR, mean subtraction on 0-255). The
@@ -32,6 +35,7 @@ from keras import layers
 
 # num_layers -> (block type, blocks per stage)
 RESNET_SPECS = {
+    10: ("basic", (1, 1, 1, 1)),    # small variant for tests and quick experiments
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -39,11 +43,14 @@ RESNET_SPECS = {
 STAGE_WIDTHS = (64, 128, 256, 512)
 # num_layers -> channels of the 5 returned features
 ENCODER_CHANNELS = {
+    10: (64, 64, 128, 256, 512),
     18: (64, 64, 128, 256, 512),
     34: (64, 64, 128, 256, 512),
     50: (64, 256, 512, 1024, 2048),
 }
 
+# Depths with torchvision ImageNet weights (tools/convert_torchvision_weights.py).
+IMAGENET_NUM_LAYERS = (18, 34, 50)
 # Where pretrained_weights="imagenet" looks for resnet{N}.npz (read at call time).
 PRETRAINED_DIR_ENV = "COOPNET_PRETRAINED_DIR"
 DEFAULT_PRETRAINED_DIR = pathlib.Path("~/.cache/coopnet_tf/pretrained")
@@ -134,7 +141,8 @@ def build_resnet_encoder(
     """Torchvision-layout ResNet without avgpool/fc, returning 5 feature levels.
 
     Args:
-      num_layers: 18, 34 or 50.
+      num_layers: 18, 34 or 50, or 10 (one BasicBlock per stage: a small variant for
+        tests and quick experiments).
       input_channels: channels of the (normalised) input, 3 per stacked frame.
       height, width: static input size, or None for dynamic.
       name: model name.
@@ -200,10 +208,18 @@ def resolve_pretrained_weights(
 
     Raises:
       FileNotFoundError: with instructions, when the file is not there.
+      ValueError: "imagenet" for a depth without ImageNet weights (10).
     """
     if pretrained_weights is None:
         return None
     if str(pretrained_weights).lower() == "imagenet":
+        if num_layers not in IMAGENET_NUM_LAYERS:
+            raise ValueError(
+                f"pretrained_weights='imagenet': there are no ImageNet weights for "
+                f"ResNet{num_layers} (torchvision publishes ResNet"
+                f"{'/'.join(str(n) for n in IMAGENET_NUM_LAYERS)}); use "
+                "pretrained_weights=None (random initialisation), an .npz path, or "
+                f"num_layers in {IMAGENET_NUM_LAYERS}")
         filename = f"resnet{num_layers}.npz"
         env_dir = os.environ.get(PRETRAINED_DIR_ENV)
         candidates = ([pathlib.Path(env_dir).expanduser() / filename] if env_dir else []) + [
