@@ -10,8 +10,13 @@ pair ``(a, b)`` in the order given, when a flow model is available: ``a_flow.png
 Middlebury colour wheel of the flow a -> b). For every consecutive triplet ``(a, b, c)``,
 when a Competitive Collaboration ``motion`` model is available: ``b_motion.png`` (b with
 the pixels CC's joint mask m* calls moving tinted red, CC Eq. 14) and ``b_motion.npy``
-(m*, 1 = static); the intrinsics come from ``--intrinsics`` (normalised fx, fy, cx, cy).
-Images are resized to the model's input size; outputs are at that size.
+(m*, 1 = static). For every consecutive pair ``(a, b)``, when a Lee et al.
+``object_motion`` model is available (or ``--model_dir`` is a Lee run):
+``a_object_motion.png`` (magma colour map of |r|, the residual 3-D object motion of a's
+pixels towards b, Lee Sec. 3.1; scaled per image to its 95th percentile) and
+``a_object_motion.npy`` (r, `[H, W, 3]`, in the depth's units). The intrinsics of both
+motion models come from ``--intrinsics`` (normalised fx, fy, cx, cy). Images are resized
+to the model's input size; outputs are at that size.
 
 ``--saved_model_dir`` is an export root written by `coopnet_tf.export`
 (``<dir>/depth/<version>``, ``<dir>/flow/<version>``; the highest version is used) or a
@@ -45,13 +50,17 @@ def motion_overlay(image: np.ndarray, static: np.ndarray, alpha: float = 0.6) ->
 
 
 class Predictor:
-    """Callable depth (and optional flow / CC motion) predictors with a known input size.
+    """Callable depth (and optional flow / CC motion / Lee object motion) predictors with a
+    known input size.
 
-    ``motion_fn(prev, image, next, intrinsics) -> m* [B, H, W, 1]`` (1 = static)."""
+    ``motion_fn(prev, image, next, intrinsics) -> m* [B, H, W, 1]`` (1 = static);
+    ``object_motion_fn(image_a, image_b, intrinsics) -> r [B, H, W, 3]``."""
 
     def __init__(self, depth_fn: Callable, height: int, width: int,
-                 flow_fn: Optional[Callable] = None, motion_fn: Optional[Callable] = None):
+                 flow_fn: Optional[Callable] = None, motion_fn: Optional[Callable] = None,
+                 object_motion_fn: Optional[Callable] = None):
         self.depth_fn, self.flow_fn, self.motion_fn = depth_fn, flow_fn, motion_fn
+        self.object_motion_fn = object_motion_fn
         self.height, self.width = height, width
 
     @classmethod
@@ -77,12 +86,28 @@ class Predictor:
             motion_fn = lambda p, x, n, k: motion_sig(  # noqa: E731
                 image_prev=tf.constant(p), image=tf.constant(x), image_next=tf.constant(n),
                 intrinsics=tf.constant(k))["joint"].numpy()
+        object_motion_fn = None
+        object_dir = run_layout.find_saved_model(
+            os.path.join(saved_model_dir, specs.EXPORT_OBJECT_MOTION))
+        if object_dir is not None:
+            object_sig = tf.saved_model.load(object_dir).signatures["serving_default"]
+            object_motion_fn = lambda a, b, k: object_sig(  # noqa: E731
+                image_a=tf.constant(a), image_b=tf.constant(b),
+                intrinsics=tf.constant(k))["residual"].numpy()
         return cls(lambda x: depth_sig(image=tf.constant(x))["depth"].numpy(), height, width,
-                   flow_fn, motion_fn)
+                   flow_fn, motion_fn, object_motion_fn)
 
     @classmethod
     def from_model_dir(cls, model_dir: str, checkpoint: str = "latest") -> "Predictor":
         from coopnet_tf import export  # pylint: disable=import-outside-toplevel
+        if export.run_method(model_dir) == "lee":
+            depth_net, motion_net, info = export.restore_lee_networks(model_dir, checkpoint)
+            depth = export.DepthServing(depth_net, info["height"], info["width"])
+            objects = export.ObjectMotionServing(depth_net, motion_net, info["height"],
+                                                 info["width"], info["rotation_mode"])
+            return cls(lambda x: depth.serve(x)["depth"].numpy(), info["height"],
+                       info["width"],
+                       object_motion_fn=lambda a, b, k: objects.serve(a, b, k)["residual"].numpy())
         depth_net, pose_net, flow_net, info = export.restore_networks(model_dir, checkpoint)
         depth = export.DepthServing(depth_net, info["height"], info["width"])
         flow_fn = None
@@ -122,10 +147,18 @@ def predict_files(predictor: Predictor, images: Sequence[str], output_dir: str,
             out = os.path.join(output_dir, f"{pathlib.Path(pa).stem}_flow.png")
             save_png(out, visualize.flow_to_color(flow))
             written.append(out)
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    w, h = predictor.width, predictor.height
+    k = np.array([[[fx * w, 0, cx * w], [0, fy * h, cy * h], [0, 0, 1]]], np.float32)
+    if predictor.object_motion_fn is not None:
+        for (pa, a), b in zip(zip(images, arrays), arrays[1:]):
+            residual = predictor.object_motion_fn(a[np.newaxis], b[np.newaxis], k)[0]
+            stem = pathlib.Path(pa).stem
+            out = os.path.join(output_dir, f"{stem}_object_motion.png")
+            save_png(out, visualize.colorize(np.linalg.norm(residual, axis=-1)))
+            np.save(os.path.join(output_dir, f"{stem}_object_motion.npy"), residual)
+            written.append(out)
     if predictor.motion_fn is not None:
-        fx, fy, cx, cy = (float(v) for v in intrinsics)
-        w, h = predictor.width, predictor.height
-        k = np.array([[[fx * w, 0, cx * w], [0, fy * h, cy * h], [0, 0, 1]]], np.float32)
         for pb, a, b, c in zip(images[1:], arrays, arrays[1:], arrays[2:]):
             joint = predictor.motion_fn(a[None], b[None], c[None], k)[0]
             stem = pathlib.Path(pb).stem
