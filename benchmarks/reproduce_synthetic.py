@@ -44,6 +44,27 @@ per-image median as a second column; depth bias); plus "pixel in V" as a static 
 flow EPE static / moving beside zero flow's, and the Fig. 1-style Δ densities per arm with
 the learned and with the ground-truth flow (``*_delta_density.png``).
 
+Lee et al. arms (ICCV 2021, issue 17; opt-in, not in ``DEFAULT_METHODS``): ``lee`` (DAM +
+CSAC), ``lee_no_csac`` (``lee.csac = False``), ``lee_no_dam`` (``build_motion_net.dam =
+False``), and ``lee_jitter``, ``lee_no_csac_jitter``, ``lee_no_dam_jitter`` with
+detector-like boxes. They share no burn-in: each trains from scratch with
+``--lee_gin_file`` (``gin/lee_synthetic.gin``) and the same world, size, seed, batch and
+total number of steps (num_epochs x steps_per_epoch) as the other arms; Lee Table 1's
+three phases are scaled to num_epochs as equal thirds, phase 3 taking the remainder
+(``lee_phase_epochs``: 5 epochs -> 2, 2, 1; the paper: 10, 10 and an unstated phase 3),
+at Lee's constant lr 1e-4. The jittered arms train on a second world whose config differs
+only in ``box_jitter = 0.1`` (each box side moved out by up to 10 % of the box size, as Lee
+et al. train) and ``box_miss_rate = 0.1``: the synthetic world renders its images and
+ground truth independently of these two fields, so the images, ground truth, record files
+and data order are those of the exact-box world, only the boxes differ. Every arm is
+evaluated on the exact world's test split (the evaluation uses no boxes). A Lee run's
+depth columns come from its depth net as for the other arms, its pose from the motion
+net's ego branch on (I_t, I_s, D_t, D_s) (as the exported ``pose`` SavedModel), its flow
+columns from the total motion (ego-motion + residual, Lee Eq. 2) and the "object motion"
+columns compare its residual field r, multiplied by the image's static depth scale (the
+scale of the static-depth metrics), with the world's exact r on the moving pixels
+(``eval/object_motion.object_motion_error``); it has no V. Other arms show n/a there.
+
 Writes ``<output_dir>/reproduce_synthetic.json`` (every number per seed, the means and
 spreads, metadata: machine, versions, command, date, load) and
 ``<output_dir>/reproduce_synthetic.md`` (the tables). Not part of the test suite
@@ -84,6 +105,31 @@ METHODS = {
                           "make_apportionment.use_flow_prior = True", GT_INPUTS],
     "glnet_min_gt_inputs": ["make_apportionment.name = 'glnet_min'", GT_INPUTS],
 }
+# Lee et al. (issue 17): arm -> (CSAC, DAM, detector-like boxes); trained with
+# Config.lee_gin_file from scratch (no shared burn-in), evaluated with their own networks
+LEE_ARMS = {
+    "lee": (True, True, False),
+    "lee_no_csac": (False, True, False),
+    "lee_no_dam": (True, False, False),
+    "lee_jitter": (True, True, True),
+    "lee_no_csac_jitter": (False, True, True),
+    "lee_no_dam_jitter": (True, False, True),
+}
+# the jittered arms' boxes: each side out by up to 10 % of the box size (Lee et al. train
+# with a random margin up to 10 %) and 10 % of the boxes missed
+LEE_BOX_NOISE = {"box_jitter": 0.1, "box_miss_rate": 0.1}
+for _arm, (_csac, _dam, _noisy) in LEE_ARMS.items():
+    METHODS[_arm] = [f"lee.csac = {_csac}", f"build_motion_net.dam = {_dam}"] + (
+        [f"ensure_synthetic_dataset.{k} = {v!r}" for k, v in LEE_BOX_NOISE.items()]
+        if _noisy else [])
+# paired comparisons of the Lee arms (no verdict rows: the labels do not start with "(")
+LEE_COMPARISONS = [
+    ("Lee: DAM+CSAC vs without CSAC", "lee", "lee_no_csac"),
+    ("Lee: DAM+CSAC vs without DAM", "lee", "lee_no_dam"),
+    ("Lee, jittered boxes: DAM+CSAC vs without CSAC", "lee_jitter", "lee_no_csac_jitter"),
+    ("Lee, jittered boxes: DAM+CSAC vs without DAM", "lee_jitter", "lee_no_dam_jitter"),
+    ("Lee: exact vs jittered boxes", "lee", "lee_jitter"),
+]
 # the default run: every arm the verdict questions need (not coopnet_no_vzeta), one seed,
 # to stay within an hour on the 2-core CPU (docs/synthetic_benchmark.md)
 DEFAULT_METHODS = ("baseline", "glnet_min", "coopnet", "oracle_static", "coopnet_gt_inputs",
@@ -101,6 +147,10 @@ VERDICTS = [
     ("(c) learned flow: coopnet vs glnet_min", "coopnet", "glnet_min"),
     ("(c) learned flow: coopnet vs oracle_static", "coopnet", "oracle_static"),
 ]
+
+
+def is_lee(method: str) -> bool:
+    return method in LEE_ARMS
 
 
 def uses_ground_truth_inputs(method: str) -> bool:
@@ -142,6 +192,7 @@ class Config:
     world_seed: int = 0
     cache_dir: Optional[str] = None
     gin_file: str = "synthetic.gin"
+    lee_gin_file: str = "lee_synthetic.gin"   # the Lee et al. arms'
     extra_bindings: Sequence[str] = ()
     run_eagerly: bool = False
     max_test_snippets: Optional[int] = None
@@ -161,10 +212,23 @@ def world_kwargs(cfg: Config) -> Dict[str, object]:
                 moving_fraction=cfg.moving_fraction, seed=cfg.world_seed)
 
 
-def ensure_dataset(cfg: Config) -> str:
+def ensure_dataset(cfg: Config, noisy_boxes: bool = False) -> str:
+    """The world's directory; ``noisy_boxes``: the jittered Lee arms' copy of it (same
+    images and ground truth, boxes with `LEE_BOX_NOISE`)."""
     from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+    extra = LEE_BOX_NOISE if noisy_boxes else {}
     return synthetic.ensure_synthetic_dataset(cache_dir=cfg.cache_dir, progress=cfg.progress,
-                                              **world_kwargs(cfg))
+                                              **world_kwargs(cfg), **extra)
+
+
+def lee_phase_epochs(num_epochs: int):
+    """Lee Table 1's phases scaled to the benchmark's epochs: phases 1 and 2 a third each
+    (rounded), phase 3 the rest; (phase1_epochs, phase2_epochs)."""
+    third = max(1, round(num_epochs / 3))
+    if num_epochs - 2 * third < 1:
+        raise ValueError(f"the Lee et al. arms need num_epochs >= 3 (one epoch per phase of "
+                         f"Lee Table 1), got {num_epochs}")
+    return third, third
 
 
 # -------------------------------------------------------------------- training ----
@@ -180,13 +244,22 @@ def gin_bindings(cfg: Config, method: str, seed: int) -> List[str]:
         f"train_and_evaluate.batch_size = {cfg.batch_size}",
         f"train_and_evaluate.num_epochs = {cfg.num_epochs}",
         f"train_and_evaluate.steps_per_epoch = {cfg.steps_per_epoch}",
-        f"train_and_evaluate.burn_in_epochs = {cfg.burn_in_epochs}",
         f"train_and_evaluate.seed = {seed}",
         f"train_and_evaluate.checkpoint_every_steps = {cfg.steps_per_epoch}",
         "train_and_evaluate.keep_checkpoints = 1",
         "train_and_evaluate.image_every_steps = 0",
-        f"make_learning_rate_schedule.boundary_epochs = ({cfg.lr_boundary_epoch},)",
     ]
+    if is_lee(method):
+        # from scratch, Lee's three phases over the same steps; lee_synthetic.gin's
+        # constant lr (Lee et al. give no decay)
+        phase1, phase2 = lee_phase_epochs(cfg.num_epochs)
+        b += ["train_and_evaluate.burn_in_epochs = 0",
+              f"lee.phase1_epochs = {phase1}",
+              f"lee.phase2_epochs = {phase2}",
+              f"make_learning_rate_schedule.boundary_epochs = ({cfg.num_epochs},)"]
+    else:
+        b += [f"train_and_evaluate.burn_in_epochs = {cfg.burn_in_epochs}",
+              f"make_learning_rate_schedule.boundary_epochs = ({cfg.lr_boundary_epoch},)"]
     b += METHODS[method]
     if method == "cc":
         # half the post-burn-in steps per stage pair, so that the cycle (counted from step
@@ -213,7 +286,8 @@ def _train(cfg: Config, model_dir: str, method: str, seed: int,
     prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
     if prefixes is not None and snapshot not in prefixes:
         prefixes.insert(0, snapshot)   # looked up before the repository's gin/
-    train_lib.parse_gin([cfg.gin_file], gin_bindings(cfg, method, seed))
+    train_lib.parse_gin([cfg.lee_gin_file if is_lee(method) else cfg.gin_file],
+                        gin_bindings(cfg, method, seed))
     keras.utils.set_random_seed(int(seed))
     kwargs = dict(model_dir=model_dir, progress=cfg.progress)
     if stop_at_step is not None:
@@ -268,6 +342,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     estimation epoch, that checkpoint is kept (``_burn_in_pre_estimation``) and the arm
     resumes from it (the networks' training does not depend on Δ during the burn-in, and a
     resumed run equals an uninterrupted one exactly, see docs/synthetic_benchmark.md).
+    The Lee et al. arms train from scratch (a different method with its own phases).
     """
     info: Dict[str, Dict[str, object]] = {}
     total_steps = cfg.num_epochs * cfg.steps_per_epoch
@@ -277,7 +352,8 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     for seed in cfg.seeds:
         burn_dir = pre_dir = None
         burn_seconds = 0.0
-        if cfg.share_burn_in and 0 < burn_steps < total_steps:
+        if cfg.share_burn_in and 0 < burn_steps < total_steps and \
+                not all(is_lee(m) for m in cfg.methods):
             burn_dir = os.path.join(model_root, f"seed{seed}", "_burn_in")
             start = time.time()
             if need_pre and pre_steps > 0:
@@ -297,7 +373,9 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
             run_dir = os.path.join(model_root, f"seed{seed}", method)
             start = time.time()
             source = burn_dir
-            if estimates_quantiles_from_ground_truth(method):
+            if is_lee(method):
+                source = None       # from scratch: Lee's own three-phase schedule
+            elif estimates_quantiles_from_ground_truth(method):
                 source = pre_dir    # None: from scratch (no shared part before estimation)
             if not _finished(run_dir, total_steps):
                 if source is not None:
@@ -308,7 +386,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
                 result = {}
             info[f"{method}/seed{seed}"] = {
                 "model_dir": run_dir, "train_seconds": round(time.time() - start, 1),
-                "shared_burn_in_seconds": round(burn_seconds, 1),
+                "shared_burn_in_seconds": round(0.0 if is_lee(method) else burn_seconds, 1),
                 "resumed_from": source,
                 "final_validation": {k: v for k, v in result.items()
                                      if isinstance(v, (int, float))}}
@@ -379,18 +457,13 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
                         max_snippets: Optional[int] = None, eager: bool = False):
     """Runs the trained networks over the test split; returns numpy arrays."""
     from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
-    from coopnet_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from coopnet_tf.losses import apportion  # pylint: disable=import-outside-toplevel
     from coopnet_tf.training import step as step_lib  # pylint: disable=import-outside-toplevel
 
     forward, frozen, info, (eta, zeta) = _build_eval(model_dir, eager)
-    ds = pipeline.make_dataset(test_pattern, batch_size=8, height=height, width=width,
-                               training=False, with_ground_truth=True, deterministic=True)
-    keys = ("depth", "transforms", "flow", "delta", "dflow", "delta_gt", "dflow_gt", "non_occ",
-            "gt_depth", "gt_pose", "gt_flow", "moving", "seq", "frame")
-    out = {k: [] for k in keys}   # (+ cc_* masks for a CC run)
-    seen = 0
-    for batch in ds:
+    keys = ("depth", "transforms", "flow", "delta", "dflow", "delta_gt", "dflow_gt", "non_occ")
+    out = {k: [] for k in keys + GT_KEYS}   # (+ cc_* masks for a CC run)
+    for batch in _test_batches(test_pattern, height, width, max_snippets, out):
         fwd = forward({k: v for k, v in batch.items()
                        if k in (specs.KEY_FRAMES, specs.KEY_FRAMES_AUG, specs.KEY_INTRINSICS)})
         out["depth"].append(fwd["depths"][0].numpy()[..., 0])
@@ -407,12 +480,6 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
         out["dflow_gt"].append(apportion.compute_delta_flow(fwd["rigid_flow"],
                                                             flow_gt).numpy())
         out["non_occ"].append(fwd["non_occluded"].numpy()[..., 0] > 0.5)
-        out["gt_depth"].append(batch[specs.KEY_GT_DEPTH].numpy()[..., 0])
-        out["gt_pose"].append(batch[specs.KEY_GT_POSE].numpy())
-        out["gt_flow"].append(batch[specs.KEY_GT_FLOW].numpy())
-        out["moving"].append(batch[specs.KEY_GT_MOVING].numpy()[..., 0] > 0.5)
-        out["seq"].append(batch[specs.KEY_SEQUENCE_ID].numpy())
-        out["frame"].append(batch[specs.KEY_FRAME_ID].numpy())
         if "moderator" in info:   # CC Table 6's masks w.r.t. t+1 (1 = static)
             from coopnet_tf.losses import competitive, competitive_strategy  # pylint: disable=import-outside-toplevel
             m = info["moderator"](competitive_strategy.snippet(batch[specs.KEY_FRAMES]))
@@ -424,13 +491,129 @@ def collect_predictions(model_dir: str, test_pattern: str, height: int, width: i
                 combination="union")["joint"]
             for key, value in masks.items():
                 out.setdefault(f"cc_{key}", []).append(value.numpy()[..., 0])
+    return _concatenate(out, max_snippets), frozen, (eta, zeta), info
+
+
+# the test split's ground truth, collected for every arm (gt_object_motion: r of
+# `specs.KEY_GT_OBJECT_MOTION`, for the Lee arms and the trivial reference)
+GT_KEYS = ("gt_depth", "gt_pose", "gt_flow", "moving", "gt_object_motion", "seq", "frame")
+
+
+def _test_batches(test_pattern: str, height: int, width: int, max_snippets: Optional[int],
+                  out: Dict[str, list]):
+    """Yields the test batches (file order, no augmentation) after appending their ground
+    truth (`GT_KEYS`) to ``out``; stops after ``max_snippets``."""
+    from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.data import pipeline  # pylint: disable=import-outside-toplevel
+    ds = pipeline.make_dataset(test_pattern, batch_size=8, height=height, width=width,
+                               training=False, with_ground_truth=True,
+                               with_object_motion=True, deterministic=True)
+    seen = 0
+    for batch in ds:
+        out["gt_depth"].append(batch[specs.KEY_GT_DEPTH].numpy()[..., 0])
+        out["gt_pose"].append(batch[specs.KEY_GT_POSE].numpy())
+        out["gt_flow"].append(batch[specs.KEY_GT_FLOW].numpy())
+        out["moving"].append(batch[specs.KEY_GT_MOVING].numpy()[..., 0] > 0.5)
+        out["gt_object_motion"].append(batch[specs.KEY_GT_OBJECT_MOTION].numpy())
+        out["seq"].append(batch[specs.KEY_SEQUENCE_ID].numpy())
+        out["frame"].append(batch[specs.KEY_FRAME_ID].numpy())
+        yield batch
         seen += int(batch[specs.KEY_FRAMES].shape[0])
         if max_snippets and seen >= max_snippets:
             break
+
+
+def _concatenate(out: Dict[str, list], max_snippets: Optional[int]) -> Dict[str, np.ndarray]:
     arrays = {k: np.concatenate(v, 0) for k, v in out.items()}
     if max_snippets:
         arrays = {k: v[:max_snippets] for k, v in arrays.items()}
-    return arrays, frozen, (eta, zeta), info
+    return arrays
+
+
+def _build_lee_eval(model_dir: str, eager: bool = False):
+    """Restores a Lee et al. run; returns (forward, info): forward(frames [B, 3, H, W, 3],
+    K [B, 3, 3]) -> depth of the target [B, H, W, 1], and per source (`specs.SOURCE_INDICES`
+    order) T_target->source [B, S, 4, 4] from the ego branch on (I_t, I_s, D_t, D_s), the
+    residual r [B, S, H, W, 3] (both stages, `lee_step.predict_motion`, as the exported
+    SavedModels) and the total-motion flow [B, S, H, W, 2] (Lee Eq. 2)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from coopnet_tf import export, geometry, specs  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.models import disp_to_depth, motion_branches  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.training import lee_step  # pylint: disable=import-outside-toplevel
+
+    keras.backend.clear_session()
+    depth_net, motion_net, info = export.restore_lee_networks(model_dir)
+    ego_net, residual_net = motion_branches(motion_net)
+    options = lee_step.LeeOptions()   # the step's depth range (not gin-configurable)
+
+    def forward(frames, K):
+        images = [frames[:, i] for i in range(specs.NUM_FRAMES)]
+        sigmoid = depth_net(tf.concat(images, 0), training=False)[0]
+        _, depth = disp_to_depth(tf.cast(sigmoid, tf.float32), options.min_depth,
+                                 options.max_depth)
+        depths = tf.split(depth, specs.NUM_FRAMES, 0)
+        target, depth_t = images[specs.TARGET_INDEX], depths[specs.TARGET_INDEX]
+        out = {"transforms": [], "residual": [], "flow": []}
+        for i in specs.SOURCE_INDICES:
+            motion = lee_step.predict_motion(ego_net, residual_net, target, images[i], depth_t,
+                                             depths[i], K, info["rotation_mode"],
+                                             with_residual=True, training=False)
+            _, _, flow = geometry.total_motion_warp(images[i], depth_t, motion["transforms"],
+                                                    motion["residual"], K)
+            out["transforms"].append(motion["transforms"])
+            out["residual"].append(motion["residual"])
+            out["flow"].append(flow)
+        out = {k: tf.stack(v, 1) for k, v in out.items()}
+        out["depth"] = depth_t
+        return out
+
+    return (forward if eager else tf.function(forward)), info
+
+
+def collect_lee_predictions(model_dir: str, test_pattern: str, height: int, width: int,
+                            max_snippets: Optional[int] = None, eager: bool = False):
+    """A Lee et al. run over the test split: depth, transforms, flow, residual and the
+    ground truth (`GT_KEYS`) as numpy arrays."""
+    from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
+    forward, _ = _build_lee_eval(model_dir, eager)
+    out = {k: [] for k in ("depth", "transforms", "flow", "residual") + GT_KEYS}
+    for batch in _test_batches(test_pattern, height, width, max_snippets, out):
+        fwd = forward(batch[specs.KEY_FRAMES], batch[specs.KEY_INTRINSICS])
+        out["depth"].append(fwd["depth"].numpy()[..., 0])
+        for key in ("transforms", "flow", "residual"):
+            out[key].append(fwd[key].numpy())
+    return _concatenate(out, max_snippets)
+
+
+def static_depth_scales(gt: np.ndarray, pred: np.ndarray, moving_any: np.ndarray) -> np.ndarray:
+    """Per image, the scale of the static-depth metrics (`strata.static_scaled_depth`):
+    median GT / median prediction over the static valid pixels; NaN without any."""
+    lo, hi = DEPTH_RANGE
+    scales = np.full(len(gt), np.nan)
+    for i in range(len(gt)):
+        static = (gt[i] > lo) & (gt[i] < hi) & ~moving_any[i]
+        if static.any():
+            scales[i] = np.median(gt[i][static]) / np.median(pred[i][static])
+    return scales
+
+
+def object_motion_metrics(arr: Dict[str, np.ndarray], residual: np.ndarray) -> Dict[str, object]:
+    """Lee et al.'s residual field against the world's exact r (`eval/object_motion`), per
+    source, on the pixels with GT depth in `DEPTH_RANGE` of images with a static scale; the
+    residual is in the depth net's units, so it is multiplied by the image's static depth
+    scale first. Moving = the GT moving mask of each source."""
+    from coopnet_tf.eval import object_motion  # pylint: disable=import-outside-toplevel
+    lo, hi = DEPTH_RANGE
+    moving_any = arr["moving"].any(axis=1)
+    scales = static_depth_scales(arr["gt_depth"], arr["depth"], moving_any)
+    valid = (arr["gt_depth"] > lo) & (arr["gt_depth"] < hi) & np.isfinite(scales)[:, None, None]
+    scaled = residual.astype(np.float64) * np.nan_to_num(scales)[:, None, None, None, None]
+    result = object_motion.object_motion_error(scaled, arr["gt_object_motion"],
+                                               moving=arr["moving"], valid=valid[:, None])
+    result["scale"] = "per-image static depth scale (as depth_static_scale)"
+    return result
 
 
 def depth_metrics(gt: np.ndarray, pred: np.ndarray, moving_any: np.ndarray) -> Dict[str, object]:
@@ -593,7 +776,34 @@ def motion_iou_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
             for k, v in result.items()}
 
 
+def evaluate_lee_run(model_dir: str, test_pattern: str, cfg: Config):
+    """A Lee et al. run's metrics: depth and pose as every arm's (pose from the ego branch),
+    flow = the total-motion flow, object motion; no V, no Δ samples."""
+    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
+    arr = collect_lee_predictions(model_dir, test_pattern, cfg.height, cfg.width,
+                                  cfg.max_test_snippets, eager=cfg.run_eagerly)
+    moving_any = arr["moving"].any(axis=1)
+    metrics = {
+        "depth": depth_metrics(arr["gt_depth"], arr["depth"], moving_any),
+        "depth_static_scale": strata.static_scaled_depth(arr["gt_depth"], arr["depth"],
+                                                         moving_any, *DEPTH_RANGE),
+        "pose": pose_metrics(arr["transforms"], arr["gt_pose"], arr["seq"], arr["frame"]),
+        "flow": flow_metrics(arr["flow"], arr["gt_flow"], arr["moving"]),
+        "flow_source": "total motion: ego-motion + residual (Lee Eq. 2)",
+        "object_motion": object_motion_metrics(arr, arr["residual"]),
+        "v": {},
+        "test_snippets": int(len(arr["depth"])),
+        "moving_pixel_fraction": float(moving_any.mean()),
+    }
+    return metrics, None, arr
+
+
 def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
+    """(metrics, Δ samples for the plot or None, arrays) of a trained run; a Lee et al. run
+    (`export.run_method`) goes to `evaluate_lee_run`."""
+    from coopnet_tf import export  # pylint: disable=import-outside-toplevel
+    if export.run_method(model_dir) == "lee":
+        return evaluate_lee_run(model_dir, test_pattern, cfg)
     arr, frozen, eta_zeta, _ = collect_predictions(model_dir, test_pattern, cfg.height,
                                                    cfg.width, cfg.max_test_snippets,
                                                    eager=cfg.run_eagerly)
@@ -626,7 +836,8 @@ def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
 
 
 def trivial_reference(arr) -> Dict[str, object]:
-    """What a network that learned nothing scores: constant depth, identity pose, zero flow."""
+    """What a network that learned nothing scores: constant depth, identity pose, zero flow,
+    zero object motion."""
     from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
     moving_any = arr["moving"].any(axis=1)
     eye = np.broadcast_to(np.eye(4, dtype=np.float32), arr["transforms"].shape)
@@ -636,6 +847,9 @@ def trivial_reference(arr) -> Dict[str, object]:
             arr["gt_depth"], np.ones_like(arr["depth"]), moving_any, *DEPTH_RANGE),
         "pose": pose_metrics(eye, arr["gt_pose"], arr["seq"], arr["frame"]),
         "flow": flow_metrics(np.zeros_like(arr["flow"]), arr["gt_flow"], arr["moving"]),
+        "object_motion": object_motion_metrics(
+            dict(arr, depth=np.ones_like(arr["depth"])),
+            np.zeros_like(arr["gt_object_motion"])),
     }
 
 
@@ -671,12 +885,18 @@ FAMILIES = {
         ("EPE moving", ("flow", "epe_moving"), "lower"),
         ("EPE moving / zero flow", ("flow", "epe_moving_over_zero"), "lower"),
     ],
+    "object motion": [   # Lee et al. arms only (their residual field r)
+        ("r EPE moving", ("object_motion", "epe_moving"), "lower"),
+        ("r rel. error moving", ("object_motion", "rel_moving"), "lower"),
+        ("r EPE static", ("object_motion", "epe_static"), "lower"),
+    ],
 }
 CONTEXT_METRICS = [   # shown, not compared
     ("AbsRel all (median/img)", ("depth", "all", "abs_rel")),
     ("depth std/mean", ("depth", "pred_depth_rel_std")),
     ("zero-flow EPE static", ("flow", "epe_zero_static")),
     ("zero-flow EPE moving", ("flow", "epe_zero_moving")),
+    ("zero-motion r EPE moving", ("object_motion", "gt_norm_moving")),
     ("P(static)", ("v", "V_testq", "base_rate_static")),
     ("mean Δ static", ("v", "delta_stats", "mean_static")),
     ("mean Δ moving", ("v", "delta_stats", "mean_moving")),
@@ -711,8 +931,10 @@ def _badness(value, better):
 
 
 def comparisons(methods) -> List[tuple]:
-    """(label, a, b) pairs whose arms were both run: the verdicts' and coopnet − every arm."""
-    out = [(q, a, b) for q, a, b in VERDICTS if a in methods and b in methods]
+    """(label, a, b) pairs whose arms were both run: the verdicts', the Lee ablations'
+    (`LEE_COMPARISONS`) and coopnet − every arm."""
+    out = [(q, a, b) for q, a, b in VERDICTS + LEE_COMPARISONS
+           if a in methods and b in methods]
     seen = {(a, b) for _, a, b in out}
     for other in methods:
         if other != "coopnet" and "coopnet" in methods and ("coopnet", other) not in seen:
@@ -806,7 +1028,12 @@ def tables_markdown(summary, methods, seeds) -> str:
              "Zhou et al., whole test sequences chained and 7-DoF aligned). EPE in px; zero "
              "flow's EPE beside. V: \"pixel in V\" as a static detector with test-set "
              "quantiles, from each arm's own apportionment inputs (GT flow for *_gt_inputs "
-             "arms); frozen: the run's P² quantiles.\n"]
+             "arms); frozen: the run's P² quantiles. Lee et al. arms (lee*): pose from "
+             "the motion net's ego branch, flow = the total motion (ego + residual), no V; "
+             "object motion: EPE (m) and relative error of their residual field r, times "
+             "the image's static depth scale, against the world's exact r on moving pixels "
+             "(\"r EPE static\": on static pixels, where r = 0; zero motion's EPE beside); "
+             "n/a for the other arms.\n"]
     for family, rows in list(FAMILIES.items()) + [("context", CONTEXT_METRICS)]:
         names = [r[0] for r in rows]
         parts.append(f"\n**{family}**\n\n" + common.markdown_table(
@@ -901,11 +1128,15 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """Trains (unless eval_only), evaluates, writes JSON + markdown (+ plot). Returns the
     JSON payload."""
     start = time.time()
+    if any(map(is_lee, cfg.methods)):
+        lee_phase_epochs(cfg.num_epochs)     # fails before any training when too short
     meta = common.run_metadata(argv)
     model_root = cfg.model_root or os.path.join(cfg.output_dir, "runs")
     os.makedirs(cfg.output_dir, exist_ok=True)
     t0 = time.time()
     data_dir = ensure_dataset(cfg)
+    noisy_dir = ensure_dataset(cfg, noisy_boxes=True) if any(
+        LEE_ARMS[m][2] for m in cfg.methods if is_lee(m)) else None
     data_seconds = time.time() - t0
     from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
     test_pattern = synthetic.file_pattern(data_dir, "test")
@@ -931,7 +1162,7 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
             del arr
             metrics["training"] = train_info.get(f"{method}/seed{seed}")
             per_run[f"{method}/seed{seed}"] = metrics
-            if seed == cfg.seeds[0]:
+            if seed == cfg.seeds[0] and s is not None:   # (Lee runs have no Δ)
                 samples[method] = s
                 quantiles[method] = metrics["v"].get("frozen_quantiles")
     eval_seconds = time.time() - t0
@@ -949,7 +1180,9 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         "benchmark": "reproduce_synthetic",
         "config": dataclasses.asdict(cfg),
         "dataset": {"path": data_dir, "world": world_kwargs(cfg),
-                    "summary": synthetic.dataset_summary(data_dir)},
+                    "summary": synthetic.dataset_summary(data_dir),
+                    "noisy_boxes_path": noisy_dir,
+                    "noisy_boxes": LEE_BOX_NOISE if noisy_dir else None},
         "protocol": {
             "shared_burn_in": bool(cfg.share_burn_in),
             "total_steps": cfg.num_epochs * cfg.steps_per_epoch,
@@ -963,7 +1196,14 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                     "[t-1, t, t+1], scale-aligned (SfMLearner compute_ate); "
                     "ate_chained: whole runs of consecutive test snippets chained, 7-DoF "
                     "Umeyama aligned, position RMSE",
-            "flow": "EPE of F_{t->s}, both sources, all pixels (occluded included)",
+            "flow": "EPE of F_{t->s}, both sources, all pixels (occluded included); Lee "
+                    "arms: the flow of their total motion (ego + residual, Lee Eq. 2)",
+            "object_motion": "Lee arms: |s r_pred - r_gt| (m), s = the image's static "
+                             "depth scale, both sources, GT depth in (1e-3, 80) m, moving = "
+                             "the GT moving mask of the source; rel: / |r_gt|",
+            "lee": "Lee arms train from scratch with the lee gin file, phases "
+                   "(phase1, phase2, rest) epochs = "
+                   f"{lee_phase_epochs(cfg.num_epochs) if any(map(is_lee, cfg.methods)) else None}",
             "v": "V_frozen: final frozen P² quantiles of the coopnet runs; V_testq: exact "
                  "quantiles of the test set (all methods); both from each arm's own "
                  "apportionment inputs (GT flow for *_gt_inputs arms)",
@@ -1034,6 +1274,8 @@ def parse_args(argv=None) -> Config:
     p.add_argument("--world_seed", type=int, default=d.world_seed)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--gin_file", default=d.gin_file)
+    p.add_argument("--lee_gin_file", default=d.lee_gin_file,
+                   help="gin file of the Lee et al. arms (lee*)")
     p.add_argument("--gin_bindings", action="append", default=[],
                    help="extra gin bindings for every run (repeatable)")
     p.add_argument("--run_eagerly", action="store_true")
@@ -1058,6 +1300,7 @@ def parse_args(argv=None) -> Config:
         num_test_sequences=a.num_test_sequences, frames_per_sequence=a.frames_per_sequence,
         num_objects=a.num_objects, moving_fraction=a.moving_fraction,
         world_seed=a.world_seed, cache_dir=a.cache_dir, gin_file=a.gin_file,
+        lee_gin_file=a.lee_gin_file,
         extra_bindings=tuple(a.gin_bindings), run_eagerly=a.run_eagerly,
         max_test_snippets=a.max_test_snippets, eval_only=a.eval_only, plot=a.plot,
         output_name=a.output_name, progress=a.progress)

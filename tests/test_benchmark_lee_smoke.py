@@ -1,0 +1,220 @@
+"""The Lee et al. arms of `benchmarks/reproduce_synthetic.py` (issue 17) at a tiny setting.
+
+* the phase scaling and the gin bindings of a Lee arm (no burn-in, Lee's phases, its
+  gin file) and of the jittered arms;
+* the jittered arms' world: the same images, ground truth and record files as the exact
+  world, only the boxes differ;
+* the object-motion metric: 0 for a prediction exact up to the per-image depth scale
+  (fitted on static pixels only), |r_gt| for zero motion;
+* `train_all`: Lee arms train from scratch beside the burn-in arms (fake `_train`);
+* the tables: object-motion numbers for the Lee arms, n/a for the others;
+* the benchmark end to end with one Lee arm (`lee_no_dam_jitter`: the DAM switch and the
+  jittered world; 64x64, one eager step per phase, ResNet10 encoders): finite
+  object-motion numbers, the Lee row in the markdown, and the run's pose and residual
+  equal to the exported ObjectMotionServing's on the restored networks. The numbers are
+  meaningless. (A CoopNet arm beside it would add its burn-in, minutes on this CPU; the
+  CoopNet path is tests/test_benchmarks_smoke.py's.)
+"""
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+import conftest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import reproduce_synthetic as rs  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("fast_graphs")   # conftest.py
+
+
+def tiny_config(root: pathlib.Path, methods=("lee_no_dam_jitter",)) -> rs.Config:
+    return rs.Config(
+        output_dir=str(root / "out"), cache_dir=str(root / "cache"), methods=methods,
+        seeds=(0,), height=64, width=64, num_epochs=3, steps_per_epoch=1, burn_in_epochs=2,
+        lr_boundary_epoch=2, num_sequences=1, num_val_sequences=1, num_test_sequences=1,
+        frames_per_sequence=6, num_objects=4, batch_size=1, run_eagerly=True, plot=False,
+        extra_bindings=conftest.TINY_ENCODERS + (
+            "train_and_evaluate.max_eval_batches = 1",
+            "train_and_evaluate.eval_batch_size = 1",
+            "train_and_evaluate.evaluate_before_training = False",
+            "lee.lambda_mc = 0.0",     # (L_mc doubles the motion-net work; test_lee_step)
+            "build_depth_net.decoder_channels = (4, 8, 8, 16, 16)",
+            "build_motion_net.decoder_channels = (4, 8, 8, 16, 16)"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("lee_bench")
+
+
+def test_phase_scaling_and_bindings(tmp_path):
+    assert [rs.lee_phase_epochs(n) for n in (3, 4, 5, 6, 30)] == \
+        [(1, 1), (1, 1), (2, 2), (2, 2), (10, 10)]
+    with pytest.raises(ValueError, match="num_epochs >= 3"):
+        rs.lee_phase_epochs(2)
+    cfg = rs.Config(num_epochs=5, burn_in_epochs=3, lr_boundary_epoch=4)
+    lee = rs.gin_bindings(cfg, "lee_no_csac_jitter", 1)
+    for line in ("train_and_evaluate.burn_in_epochs = 0", "lee.phase1_epochs = 2",
+                 "lee.phase2_epochs = 2", "make_learning_rate_schedule.boundary_epochs = (5,)",
+                 "lee.csac = False", "build_motion_net.dam = True",
+                 "ensure_synthetic_dataset.box_jitter = 0.1",
+                 "ensure_synthetic_dataset.box_miss_rate = 0.1",
+                 "train_and_evaluate.steps_per_epoch = 90", "train_and_evaluate.seed = 1"):
+        assert line in lee
+    assert not any("box_" in b for b in rs.gin_bindings(cfg, "lee_no_dam", 1))
+    base = rs.gin_bindings(cfg, "baseline", 1)
+    assert "train_and_evaluate.burn_in_epochs = 3" in base and not any(
+        b.startswith("lee.") for b in base)
+    assert not set(rs.LEE_ARMS) & set(rs.DEFAULT_METHODS)
+    with pytest.raises(ValueError, match="num_epochs >= 3"):
+        rs.run(rs.Config(output_dir=str(tmp_path), methods=("lee",), num_epochs=2))
+
+
+def test_jittered_world_differs_from_the_exact_one_only_in_its_boxes(root):
+    import tensorflow as tf
+    from coopnet_tf import specs
+    from coopnet_tf.data import pipeline, synthetic
+    cfg = tiny_config(root)
+    exact, noisy = rs.ensure_dataset(cfg), rs.ensure_dataset(cfg, noisy_boxes=True)
+    assert exact != noisy
+    for split in ("train", "test"):
+        names = [sorted(p.rsplit("/", 1)[-1] for p in tf.io.gfile.glob(
+            synthetic.file_pattern(d, split))) for d in (exact, noisy)]
+        assert names[0] == names[1] and names[0]
+    batches = [next(iter(pipeline.make_dataset(
+        synthetic.file_pattern(d, "train"), batch_size=64, height=64, width=64,
+        training=False, with_ground_truth=True, with_object_motion=True, max_boxes=8)))
+        for d in (exact, noisy)]
+    for key in (specs.KEY_FRAMES, specs.KEY_INTRINSICS, specs.KEY_GT_DEPTH, specs.KEY_GT_POSE,
+                specs.KEY_GT_FLOW, specs.KEY_GT_MOVING, specs.KEY_GT_OBJECT_MOTION):
+        np.testing.assert_array_equal(batches[0][key].numpy(), batches[1][key].numpy())
+    masks = [b[specs.KEY_BOX_MASK].numpy() for b in batches]
+    boxes = [b[specs.KEY_BOXES].numpy() for b in batches]
+    assert masks[0].sum() > 0 and masks[1].sum() > 0
+    assert not (np.array_equal(masks[0], masks[1]) and np.array_equal(boxes[0], boxes[1]))
+
+
+def test_object_motion_metric_uses_the_static_depth_scale():
+    rng = np.random.default_rng(0)
+    n, h, w = 3, 8, 10
+    gt_depth = rng.uniform(2.0, 30.0, (n, h, w))
+    moving = np.zeros((n, 2, h, w), bool)
+    moving[:, 0, 2:5, 3:7] = True
+    moving[:, 1, 2:6, 3:7] = True
+    gt_r = np.where(moving[..., None], rng.normal(0.0, 0.5, (n, 2, h, w, 3)), 0.0)
+    c = np.array([0.5, 2.0, 7.0])                     # per-image unknown scale
+    depth = gt_depth / c[:, None, None]
+    depth[moving.any(1)] *= 3.0                       # wrong depth on the moving object
+    arr = {"gt_depth": gt_depth, "depth": depth, "moving": moving, "gt_object_motion": gt_r}
+    exact = rs.object_motion_metrics(arr, gt_r / c[:, None, None, None, None])
+    assert exact["epe_moving"] < 1e-12 and exact["epe_static"] < 1e-12
+    assert exact["n_moving"] == int(moving.sum())
+    unscaled = rs.object_motion_metrics(arr, gt_r)
+    assert unscaled["epe_moving"] > 0.1
+    zero = rs.object_motion_metrics(arr, np.zeros_like(gt_r))
+    want = np.linalg.norm(gt_r, axis=-1)[moving].mean()
+    assert math.isclose(zero["epe_moving"], want, rel_tol=1e-12)
+    assert math.isclose(zero["gt_norm_moving"], want, rel_tol=1e-12)
+
+
+def test_train_all_trains_lee_arms_from_scratch(tmp_path, monkeypatch):
+    """Lee arms never resume from the shared burn-in; with only Lee arms there is none."""
+    calls = []
+    monkeypatch.setattr(rs, "_finished", lambda model_dir, steps: False)
+    monkeypatch.setattr(rs, "_copy_run", lambda src, dst: calls.append(("copy", src, dst)))
+    monkeypatch.setattr(rs, "_train", lambda cfg, model_dir, method, seed, stop_at_step=None:
+                        calls.append(("train", method, pathlib.Path(model_dir).name,
+                                      stop_at_step)) or {})
+    cfg = rs.Config(methods=("baseline", "lee", "lee_jitter"), num_epochs=5, burn_in_epochs=3)
+    info = rs.train_all(cfg, str(tmp_path))
+    assert calls == [("train", "coopnet", "_burn_in", 270),
+                     ("copy", str(tmp_path / "seed0" / "_burn_in"),
+                      str(tmp_path / "seed0" / "baseline")),
+                     ("train", "baseline", "baseline", None),
+                     ("train", "lee", "lee", None), ("train", "lee_jitter", "lee_jitter", None)]
+    assert info["lee/seed0"]["resumed_from"] is None
+    assert info["lee/seed0"]["shared_burn_in_seconds"] == 0.0
+    assert info["baseline/seed0"]["resumed_from"].endswith("_burn_in")
+    calls.clear()
+    rs.train_all(rs.Config(methods=("lee_no_dam",), num_epochs=5, burn_in_epochs=3),
+                 str(tmp_path))
+    assert calls == [("train", "lee_no_dam", "lee_no_dam", None)]
+
+
+def test_tables_show_object_motion_for_lee_arms_and_na_for_the_others():
+    om = {"epe_moving": 0.25, "rel_moving": 0.5, "epe_static": 0.125, "gt_norm_moving": 0.75}
+    per_run = {"baseline/seed0": {"pose": {"ate3_mean": 0.1}},
+               "lee/seed0": {"pose": {"ate3_mean": 0.2}, "object_motion": om},
+               "lee_no_csac/seed0": {"pose": {"ate3_mean": 0.3},
+                                     "object_motion": dict(om, epe_moving=0.5)}}
+    methods = ("baseline", "lee", "lee_no_csac")
+    summary = rs.summarise(per_run, methods, (0,))
+    assert summary["baseline"]["r EPE moving"]["mean"] is None
+    assert summary["lee"]["r EPE moving"]["mean"] == 0.25
+    assert summary["_paired"]["lee − lee_no_csac"]["metrics"]["r EPE moving"]["mean"] == -0.25
+    assert not any(r["comparison"] == "lee − lee_no_csac" for r in summary["_verdicts"])
+    md = rs.tables_markdown(summary, methods, (0,))
+    table = md.split("**object motion**")[1].split("**")[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines()
+            if line.startswith("|")}
+    assert [c.strip() for c in rows["baseline"]] == ["n/a"] * 3
+    assert [c.strip() for c in rows["lee"]] == ["0.25", "0.5", "0.125"]
+    assert [c.strip() for c in rows["lee_no_csac"]][0] == "0.5"
+
+
+def test_lee_arm_end_to_end(root):
+    """One Lee arm (without DAM, jittered boxes: both switches' paths) trained and
+    evaluated by the benchmark; its pose and residual are the serving module's."""
+    import tensorflow as tf
+    from coopnet_tf import export, specs
+    from coopnet_tf.data import pipeline, synthetic
+    arm = "lee_no_dam_jitter"
+    cfg = tiny_config(root, methods=(arm,))
+    rs.run(cfg, argv=["reproduce_synthetic.py", "--smoke"])
+    out = pathlib.Path(cfg.output_dir)
+    data = json.loads((out / "reproduce_synthetic.json").read_text())
+    md = (out / "reproduce_synthetic.md").read_text()
+    run = data["per_run"][f"{arm}/seed0"]
+    om = run["object_motion"]
+    assert om["n_moving"] > 0
+    for key in ("epe_moving", "rel_moving", "epe_static", "gt_norm_moving"):
+        assert om[key] is not None and math.isfinite(om[key]), key
+    assert data["summary"][arm]["r EPE moving"]["mean"] == om["epe_moving"]
+    assert run["training"]["resumed_from"] is None
+    for value in (run["flow"]["epe_moving"], run["pose"]["ate3_mean"],
+                  run["depth_static_scale"]["moving"]["abs_rel"]):
+        assert math.isfinite(value)
+    # the trivial reference: zero motion scores mean |r_gt| on the moving pixels
+    assert data["trivial_reference"]["object_motion"]["epe_moving"] == pytest.approx(
+        om["gt_norm_moving"], rel=1e-9)
+    table = md.split("**object motion**")[1].split("**")[0]
+    assert any(line.startswith(f"| {arm} |") and "n/a" not in line
+               for line in table.splitlines())
+    run_dir = out / "runs" / "seed0" / arm
+    operative = (run_dir / "operative_config.gin").read_text()
+    for line in ("train_and_evaluate.method = 'lee'", "build_motion_net.dam = False",
+                 "ensure_synthetic_dataset.box_jitter = 0.1", "lee.phase1_epochs = 1"):
+        assert line in operative, line
+    assert data["dataset"]["noisy_boxes_path"] == rs.ensure_dataset(cfg, noisy_boxes=True)
+
+    # the benchmark's pose and residual = the exported ObjectMotionServing's
+    test_files = synthetic.file_pattern(rs.ensure_dataset(cfg), "test")
+    arr = rs.collect_lee_predictions(str(run_dir), test_files, 64, 64, max_snippets=2,
+                                     eager=True)
+    depth_net, motion_net, info = export.restore_lee_networks(str(run_dir))
+    batch = next(iter(pipeline.make_dataset(test_files, batch_size=2, height=64, width=64,
+                                            training=False)))
+    frames, K = batch[specs.KEY_FRAMES], tf.constant(batch[specs.KEY_INTRINSICS])
+    serving = export.ObjectMotionServing(depth_net, motion_net, 64, 64, info["rotation_mode"])
+    for k, i in enumerate(specs.SOURCE_INDICES):
+        want = serving.serve(frames[:, specs.TARGET_INDEX], frames[:, i], K)
+        np.testing.assert_allclose(arr["residual"][:, k], want["residual"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(arr["transforms"][:, k], want["transform"].numpy(),
+                                   atol=1e-5)
