@@ -779,23 +779,27 @@ def motion_iou_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
 def evaluate_lee_run(model_dir: str, test_pattern: str, cfg: Config):
     """A Lee et al. run's metrics: depth and pose as every arm's (pose from the ego branch),
     flow = the total-motion flow, object motion; no V, no Δ samples."""
-    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
     arr = collect_lee_predictions(model_dir, test_pattern, cfg.height, cfg.width,
                                   cfg.max_test_snippets, eager=cfg.run_eagerly)
+    metrics = dict(common_metrics(arr),
+                   flow_source="total motion: ego-motion + residual (Lee Eq. 2)",
+                   object_motion=object_motion_metrics(arr, arr["residual"]), v={})
+    return metrics, None, arr
+
+
+def common_metrics(arr) -> Dict[str, object]:
+    """The families every arm reports: depth (median and static scale), pose, flow."""
+    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
     moving_any = arr["moving"].any(axis=1)
-    metrics = {
+    return {
         "depth": depth_metrics(arr["gt_depth"], arr["depth"], moving_any),
         "depth_static_scale": strata.static_scaled_depth(arr["gt_depth"], arr["depth"],
                                                          moving_any, *DEPTH_RANGE),
         "pose": pose_metrics(arr["transforms"], arr["gt_pose"], arr["seq"], arr["frame"]),
         "flow": flow_metrics(arr["flow"], arr["gt_flow"], arr["moving"]),
-        "flow_source": "total motion: ego-motion + residual (Lee Eq. 2)",
-        "object_motion": object_motion_metrics(arr, arr["residual"]),
-        "v": {},
         "test_snippets": int(len(arr["depth"])),
         "moving_pixel_fraction": float(moving_any.mean()),
     }
-    return metrics, None, arr
 
 
 def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
@@ -807,19 +811,8 @@ def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
     arr, frozen, eta_zeta, _ = collect_predictions(model_dir, test_pattern, cfg.height,
                                                    cfg.width, cfg.max_test_snippets,
                                                    eager=cfg.run_eagerly)
-    moving_any = arr["moving"].any(axis=1)
-    from coopnet_tf.eval import strata  # pylint: disable=import-outside-toplevel
-    metrics = {
-        "depth": depth_metrics(arr["gt_depth"], arr["depth"], moving_any),
-        "depth_static_scale": strata.static_scaled_depth(arr["gt_depth"], arr["depth"],
-                                                         moving_any, *DEPTH_RANGE),
-        "pose": pose_metrics(arr["transforms"], arr["gt_pose"], arr["seq"], arr["frame"]),
-        "flow": flow_metrics(arr["flow"], arr["gt_flow"], arr["moving"]),
-        "v": v_metrics(arr, frozen, eta_zeta, method),
-        "motion_iou": motion_iou_metrics(arr, frozen, eta_zeta, method),
-        "test_snippets": int(len(arr["depth"])),
-        "moving_pixel_fraction": float(moving_any.mean()),
-    }
+    metrics = dict(common_metrics(arr), v=v_metrics(arr, frozen, eta_zeta, method),
+                   motion_iou=motion_iou_metrics(arr, frozen, eta_zeta, method))
     # Δ samples for the plot (non-occluded pixels), subsampled
     dom = arr["non_occ"]
     rng = np.random.default_rng(0)
