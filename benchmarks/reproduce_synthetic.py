@@ -587,27 +587,15 @@ def collect_lee_predictions(model_dir: str, test_pattern: str, height: int, widt
     return _concatenate(out, max_snippets)
 
 
-def static_depth_scales(gt: np.ndarray, pred: np.ndarray, moving_any: np.ndarray) -> np.ndarray:
-    """Per image, the scale of the static-depth metrics (`strata.static_scaled_depth`):
-    median GT / median prediction over the static valid pixels; NaN without any."""
-    lo, hi = DEPTH_RANGE
-    scales = np.full(len(gt), np.nan)
-    for i in range(len(gt)):
-        static = (gt[i] > lo) & (gt[i] < hi) & ~moving_any[i]
-        if static.any():
-            scales[i] = np.median(gt[i][static]) / np.median(pred[i][static])
-    return scales
-
-
 def object_motion_metrics(arr: Dict[str, np.ndarray], residual: np.ndarray) -> Dict[str, object]:
     """Lee et al.'s residual field against the world's exact r (`eval/object_motion`), per
     source, on the pixels with GT depth in `DEPTH_RANGE` of images with a static scale; the
     residual is in the depth net's units, so it is multiplied by the image's static depth
     scale first. Moving = the GT moving mask of each source."""
-    from coopnet_tf.eval import object_motion  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.eval import object_motion, strata  # pylint: disable=import-outside-toplevel
     lo, hi = DEPTH_RANGE
     moving_any = arr["moving"].any(axis=1)
-    scales = static_depth_scales(arr["gt_depth"], arr["depth"], moving_any)
+    scales = strata.static_depth_scales(arr["gt_depth"], arr["depth"], moving_any, lo, hi)
     valid = (arr["gt_depth"] > lo) & (arr["gt_depth"] < hi) & np.isfinite(scales)[:, None, None]
     scaled = residual.astype(np.float64) * np.nan_to_num(scales)[:, None, None, None, None]
     result = object_motion.object_motion_error(scaled, arr["gt_object_motion"],

@@ -73,24 +73,17 @@ class Predictor:
         depth_sig = tf.saved_model.load(depth_dir).signatures["serving_default"]
         shape = depth_sig.structured_input_signature[1]["image"].shape
         height, width = int(shape[1]), int(shape[2])
-        flow_fn = None
-        flow_dir = run_layout.find_saved_model(os.path.join(saved_model_dir, specs.EXPORT_FLOW))
-        if flow_dir is not None:
-            flow_sig = tf.saved_model.load(flow_dir).signatures["serving_default"]
-            if "intrinsics" not in flow_sig.structured_input_signature[1]:
-                flow_fn = lambda a, b: flow_sig(image_a=tf.constant(a), image_b=tf.constant(b))["flow"].numpy()  # noqa: E731
-        motion_fn = None
-        motion_dir = run_layout.find_saved_model(os.path.join(saved_model_dir, specs.EXPORT_MOTION))
-        if motion_dir is not None:
-            motion_sig = tf.saved_model.load(motion_dir).signatures["serving_default"]
+        flow_fn = motion_fn = object_motion_fn = None
+        flow_sig = _serving_signature(saved_model_dir, specs.EXPORT_FLOW)
+        if flow_sig is not None and "intrinsics" not in flow_sig.structured_input_signature[1]:
+            flow_fn = lambda a, b: flow_sig(image_a=tf.constant(a), image_b=tf.constant(b))["flow"].numpy()  # noqa: E731
+        motion_sig = _serving_signature(saved_model_dir, specs.EXPORT_MOTION)
+        if motion_sig is not None:
             motion_fn = lambda p, x, n, k: motion_sig(  # noqa: E731
                 image_prev=tf.constant(p), image=tf.constant(x), image_next=tf.constant(n),
                 intrinsics=tf.constant(k))["joint"].numpy()
-        object_motion_fn = None
-        object_dir = run_layout.find_saved_model(
-            os.path.join(saved_model_dir, specs.EXPORT_OBJECT_MOTION))
-        if object_dir is not None:
-            object_sig = tf.saved_model.load(object_dir).signatures["serving_default"]
+        object_sig = _serving_signature(saved_model_dir, specs.EXPORT_OBJECT_MOTION)
+        if object_sig is not None:
             object_motion_fn = lambda a, b, k: object_sig(  # noqa: E731
                 image_a=tf.constant(a), image_b=tf.constant(b),
                 intrinsics=tf.constant(k))["residual"].numpy()
@@ -100,30 +93,35 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, model_dir: str, checkpoint: str = "latest") -> "Predictor":
         from coopnet_tf import export  # pylint: disable=import-outside-toplevel
+        flow_fn = motion_fn = object_motion_fn = None
         if export.run_method(model_dir) == "lee":
             depth_net, motion_net, info = export.restore_lee_networks(model_dir, checkpoint)
-            depth = export.DepthServing(depth_net, info["height"], info["width"])
             objects = export.ObjectMotionServing(depth_net, motion_net, info["height"],
                                                  info["width"], info["rotation_mode"])
-            return cls(lambda x: depth.serve(x)["depth"].numpy(), info["height"],
-                       info["width"],
-                       object_motion_fn=lambda a, b, k: objects.serve(a, b, k)["residual"].numpy())
-        depth_net, pose_net, flow_net, info = export.restore_networks(model_dir, checkpoint)
+            object_motion_fn = lambda a, b, k: objects.serve(a, b, k)["residual"].numpy()  # noqa: E731
+        else:
+            depth_net, pose_net, flow_net, info = export.restore_networks(model_dir, checkpoint)
+            if len(flow_net.inputs) == 1:
+                flow = export.FlowServing(flow_net, info["height"], info["width"])
+                flow_fn = lambda a, b: flow.serve(a, b)["flow"].numpy()  # noqa: E731
+            moderator = export.restore_moderator(info)
+            if moderator is not None:
+                motion = export.MotionServing(
+                    moderator, depth_net, pose_net, flow_net, info["height"], info["width"],
+                    info["rotation_mode"],
+                    float(export.query_config("make_apportionment.flow_threshold", 1e-3)))
+                motion_fn = lambda p, x, n, k: motion.serve(p, x, n, k)["joint"].numpy()  # noqa: E731
         depth = export.DepthServing(depth_net, info["height"], info["width"])
-        flow_fn = None
-        if len(flow_net.inputs) == 1:
-            flow = export.FlowServing(flow_net, info["height"], info["width"])
-            flow_fn = lambda a, b: flow.serve(a, b)["flow"].numpy()  # noqa: E731
-        motion_fn = None
-        moderator = export.restore_moderator(info)
-        if moderator is not None:
-            motion = export.MotionServing(
-                moderator, depth_net, pose_net, flow_net, info["height"], info["width"],
-                info["rotation_mode"],
-                float(export.query_config("make_apportionment.flow_threshold", 1e-3)))
-            motion_fn = lambda p, x, n, k: motion.serve(p, x, n, k)["joint"].numpy()  # noqa: E731
         return cls(lambda x: depth.serve(x)["depth"].numpy(), info["height"], info["width"],
-                   flow_fn, motion_fn)
+                   flow_fn, motion_fn, object_motion_fn)
+
+
+def _serving_signature(export_root: str, name: str):
+    """The ``serving_default`` signature of the newest ``<export_root>/<name>/<version>``,
+    or None when there is none."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    path = run_layout.find_saved_model(os.path.join(export_root, name))
+    return None if path is None else tf.saved_model.load(path).signatures["serving_default"]
 
 
 def predict_files(predictor: Predictor, images: Sequence[str], output_dir: str,

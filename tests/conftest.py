@@ -8,8 +8,7 @@
 * `tiny_world`: the square one-sequence synthetic world of the train-step and loop tests.
 * `TINY_ENCODERS`: gin bindings that give every network of a test's training run the
   10-layer ResNet encoder (one BasicBlock per stage, ResNet18's feature shapes) through
-  the same factories: graph tracing and eager dispatch, which dominate at test sizes,
-  scale with the number of layers.
+  the same factories (measured: -20 % CPU time of test_train_loop + test_cc_loop).
 * `fast_graphs` fixture (opt in with `pytestmark = pytest.mark.usefixtures("fast_graphs")`):
   grappler off for a module's few-step runs.
 """

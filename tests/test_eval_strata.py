@@ -64,9 +64,12 @@ def test_scale_comes_from_static_pixels_only():
     assert got["static"]["abs_rel"] == 0.0 and got["static"]["a1"] == 1.0
     assert math.isclose(got["moving_bias"], 0.5)
     assert math.isclose(got["moving"]["abs_rel"], 0.5)
-    # an image without static pixels is skipped, none at all gives None
+    np.testing.assert_allclose(strata.static_depth_scales(gt, pred, moving), [1 / 3, 5.0],
+                               rtol=1e-12)
+    # an image without static pixels is skipped (scale NaN), none at all gives None
     none = strata.static_scaled_depth(gt, pred, np.ones_like(moving))
     assert none["images"] == 0 and none["moving_bias"] is None
+    assert np.isnan(strata.static_depth_scales(gt, pred, np.ones_like(moving))).all()
 
 
 def _random_pose(rng, scale=1.0):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import conftest
 
-from coopnet_tf import export, geometry, run_layout, specs
+from coopnet_tf import export, geometry, predict, run_layout, specs
 from coopnet_tf import train as train_main
 from coopnet_tf.data import pipeline, records
 from coopnet_tf.models import disp_to_depth, motion_branches
@@ -148,3 +148,11 @@ def test_train_resume_in_the_right_phase_and_export(tiny_dataset, tmp_path):
     assert np.all(np.isfinite(motion["residual"].numpy()))
     np.testing.assert_allclose(motion["pose_vector"].numpy(), want.numpy(), rtol=1e-4,
                                atol=1e-6)
+    # predict --saved_model_dir finds the object_motion export (tests/test_predict_lee.py:
+    # --model_dir)
+    predictor = predict.Predictor.from_saved_model(export_dir)
+    assert predictor.flow_fn is None and predictor.motion_fn is None
+    np.testing.assert_array_equal(
+        predictor.object_motion_fn(image_a.numpy(), image_b.numpy(),
+                                   batch[specs.KEY_INTRINSICS].numpy()),
+        motion["residual"].numpy())

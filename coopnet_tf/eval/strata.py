@@ -5,8 +5,8 @@ standard monocular protocol fits one scale per image on ALL pixels (median ratio
 error on moving objects leaks into the static score through the scale and vice versa.
 Here the scale of every image comes from its STATIC pixels only:
 
-* ``static_scaled_depth``: per image s = median(gt / ·)/median(pred / ·) over the static
-  valid pixels; AbsRel, log-RMSE and δ<1.25 pooled over the static pixels and, with the
+* ``static_depth_scales`` / ``static_scaled_depth``: per image s = median(gt / ·) /
+  median(pred / ·) over the static valid pixels; AbsRel, log-RMSE and δ<1.25 pooled over the static pixels and, with the
   same scale, over the moving pixels; the moving objects' depth bias = median of
   s·pred / gt over the moving pixels (1 = unbiased, < 1 = predicted too close — the
   classic failure of a rigid loss on objects moving with the camera);
@@ -37,6 +37,22 @@ def _pooled(pred: np.ndarray, gt: np.ndarray) -> Dict[str, Optional[float]]:
             "pixels": int(pred.size)}
 
 
+def static_depth_scales(gt: np.ndarray, pred: np.ndarray, moving: np.ndarray,
+                        min_depth: float = 1e-3, max_depth: float = 80.0) -> np.ndarray:
+    """Per image, the scale s = median(gt) / median(pred) over its static valid pixels
+    (GT depth in (min_depth, max_depth), not moving): `[N]` float64, NaN for an image
+    without any. Shapes as `static_scaled_depth`'s."""
+    gt = np.asarray(gt, np.float64)
+    pred = np.asarray(pred, np.float64)
+    moving = np.asarray(moving, bool)
+    scales = np.full(len(gt), np.nan)
+    for i in range(len(gt)):
+        static = (gt[i] > min_depth) & (gt[i] < max_depth) & ~moving[i]
+        if static.any():
+            scales[i] = np.median(gt[i][static]) / np.median(pred[i][static])
+    return scales
+
+
 def static_scaled_depth(gt: np.ndarray, pred: np.ndarray, moving: np.ndarray,
                         min_depth: float = 1e-3, max_depth: float = 80.0) -> Dict[str, object]:
     """Depth errors with the per-image scale fitted on static pixels only.
@@ -55,15 +71,15 @@ def static_scaled_depth(gt: np.ndarray, pred: np.ndarray, moving: np.ndarray,
     gt = np.asarray(gt, np.float64)
     pred = np.asarray(pred, np.float64)
     moving = np.asarray(moving, bool)
+    scales = static_depth_scales(gt, pred, moving, min_depth, max_depth)
     parts = {"static": ([], []), "moving": ([], [])}
     images = 0
-    for i in range(len(gt)):
-        valid = (gt[i] > min_depth) & (gt[i] < max_depth)
-        static = valid & ~moving[i]
-        if not static.any():
+    for i, scale in enumerate(scales):
+        if np.isnan(scale):
             continue
         images += 1
-        scale = np.median(gt[i][static]) / np.median(pred[i][static])
+        valid = (gt[i] > min_depth) & (gt[i] < max_depth)
+        static = valid & ~moving[i]
         p = np.clip(pred[i] * scale, min_depth, max_depth)
         for name, m in (("static", static), ("moving", valid & moving[i])):
             parts[name][0].append(p[m])
