@@ -247,7 +247,9 @@ def gin_bindings(cfg: Config, method: str, seed: int) -> List[str]:
         f"train_and_evaluate.seed = {seed}",
         f"train_and_evaluate.checkpoint_every_steps = {cfg.steps_per_epoch}",
         "train_and_evaluate.keep_checkpoints = 1",
-        "train_and_evaluate.image_every_steps = 0",
+        # TensorBoard images and Δ histograms of the fixed validation batch once per
+        # epoch (inference-mode forward; leaves every training state untouched)
+        f"train_and_evaluate.image_every_steps = {cfg.steps_per_epoch}",
     ]
     if is_lee(method):
         # from scratch, Lee's three phases over the same steps; lee_synthetic.gin's

@@ -24,9 +24,13 @@ THIN = (4, 8, 8, 16, 16)
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory):
+def world(tmp_path_factory):
+    return conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=6)
+
+
+@pytest.fixture(scope="module")
+def batch(world):
     from coopnet_tf.data import pipeline, synthetic
-    world = conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=6)
     ds = pipeline.make_dataset(synthetic.file_pattern(world, "train"), batch_size=BATCH,
                                height=SIZE, width=SIZE, training=True, seed=0,
                                deterministic=True)
@@ -178,3 +182,22 @@ def test_motion_export_signature(step, batch, tmp_path):
     np.testing.assert_array_equal(joint[stable], (masknet | consensus)[stable])
     np.testing.assert_allclose(out["composite_flow"].numpy(),
                                np.where(joint, nu, u), atol=1e-3)
+
+
+def test_diagnostics_images_change_no_state(step, world):
+    """The TensorBoard images (m_s beside the GT moving mask) come from a forward that
+    leaves every variable -- weights, BatchNorm statistics, optimizers -- unchanged."""
+    from coopnet_tf.data import pipeline, synthetic
+    gt_batch = next(iter(pipeline.make_dataset(
+        synthetic.file_pattern(world, "val"), batch_size=BATCH, height=SIZE, width=SIZE,
+        training=False, with_ground_truth=True, seed=0, deterministic=True)))
+    comp0, mod0 = _state(step)
+    _, images, _ = step.diagnostics(gt_batch, Phase(burn_in=False, stage=cs.COLLABORATION),
+                                    SEED)
+    comp1, mod1 = _state(step)
+    assert _same(comp0, comp1) and _same(mod0, mod1)
+    m_s, gt = images["moderator_mask"].numpy(), images["gt_moving_mask"].numpy()
+    assert m_s.shape == gt.shape == (BATCH, SIZE, SIZE, 1)
+    assert 0.0 <= m_s.min() and m_s.max() <= 1.0
+    expected = gt_batch[specs.KEY_GT_MOVING].numpy()[:, len(specs.SOURCE_INDICES) - 1]
+    np.testing.assert_array_equal(gt, expected.astype(np.float32).reshape(gt.shape))
