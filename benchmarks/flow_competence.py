@@ -139,7 +139,7 @@ def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
         base_dir = os.path.join(base_cfg.model_root, "run")
         if not rs._finished(base_dir, _steps(base_cfg, False)):  # pylint: disable=protected-access
             train_setting(cfg, base)
-        rs._copy_run(base_dir, run_dir)  # pylint: disable=protected-access
+        rs._start_from(base_dir, run_dir)  # pylint: disable=protected-access
         info["resumed_from"] = base
         info["steps_from_resume"] = bcfg.steps_per_epoch
     snapshot = os.path.join(bcfg.model_root, "gin_snapshot")

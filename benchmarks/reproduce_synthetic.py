@@ -57,13 +57,18 @@ only in ``box_jitter = 0.1`` (each box side moved out by up to 10 % of the box s
 et al. train) and ``box_miss_rate = 0.1``: the synthetic world renders its images and
 ground truth independently of these two fields, so the images, ground truth, record files
 and data order are those of the exact-box world, only the boxes differ. Every arm is
-evaluated on the exact world's test split (the evaluation uses no boxes). A Lee run's
-depth columns come from its depth net as for the other arms, its pose from the motion
+evaluated on the exact world's test split (its exact boxes only for CSAC's object
+segmentation below). A Lee run's depth columns come from its depth net as for the other
+arms, its pose from the motion
 net's ego branch on (I_t, I_s, D_t, D_s) (as the exported ``pose`` SavedModel), its flow
 columns from the total motion (ego-motion + residual, Lee Eq. 2) and the "object motion"
 columns compare its residual field r, multiplied by the image's static depth scale (the
 scale of the static-depth metrics), with the world's exact r on the moving pixels
-(``eval/object_motion.object_motion_error``); it has no V. Other arms show n/a there.
+(``eval/object_motion.object_motion_error``); it has no V. "CSAC seg. IoU" is Lee Table 5
+on this world: CSAC (the training loss's ``csac_loss``, also for ``lee_no_csac*``, which
+never ran it in training) on the predicted residual and depth with the test snippet's exact
+target boxes, its best hypothesis's inliers > 0.5 as the object mask, IoU with the world's
+object pixels inside the boxes (``object_segmentation_metrics``). Other arms show n/a there.
 
 Writes ``<output_dir>/reproduce_synthetic.json`` (every number per seed, the means and
 spreads, metadata: machine, versions, command, date, load) and
@@ -72,6 +77,7 @@ spreads, metadata: machine, versions, command, date, load) and
 """
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -331,9 +337,27 @@ def _gin_snapshot(cfg: Config) -> str:
 
 
 def _copy_run(src: str, dst: str) -> None:
+    """Replaces run `dst` by a copy of run `src` (without summaries and best checkpoint),
+    written beside it and renamed into place: an interrupted copy leaves no half run."""
+    partial = dst.rstrip(os.sep) + ".partial"
+    if os.path.exists(partial):
+        shutil.rmtree(partial)
+    shutil.copytree(src, partial, ignore=shutil.ignore_patterns("summaries", "best"))
     if os.path.exists(dst):
         shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("summaries", "best"))
+    os.rename(partial, dst)
+
+
+def _start_from(src: str, dst: str) -> bool:
+    """Makes run `dst` continue from run `src` (the shared burn-in): copies `src` unless
+    `dst` already has a checkpoint at or past `src`'s, so that an arm interrupted after
+    the burn-in resumes from its own last checkpoint instead of starting over. Returns
+    whether it copied."""
+    own = _checkpoint_step(dst)
+    if own >= 0 and own >= _checkpoint_step(src):
+        return False
+    _copy_run(src, dst)
+    return True
 
 
 def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
@@ -381,7 +405,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
                 source = pre_dir    # None: from scratch (no shared part before estimation)
             if not _finished(run_dir, total_steps):
                 if source is not None:
-                    _copy_run(source, run_dir)
+                    _start_from(source, run_dir)
                 print(f"[reproduce] seed {seed}: {method}, to step {total_steps}", flush=True)
                 result = _train(cfg, run_dir, method, seed)
             else:
@@ -395,11 +419,16 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     return info
 
 
-def _finished(model_dir: str, steps: int) -> bool:
+def _checkpoint_step(model_dir: str) -> int:
+    """The step of a run's latest checkpoint; -1 without one."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    return path is not None and path.rsplit("-", 1)[-1].isdigit() and \
-        int(path.rsplit("-", 1)[-1]) >= steps
+    suffix = path.rsplit("-", 1)[-1] if path else ""
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _finished(model_dir: str, steps: int) -> bool:
+    return _checkpoint_step(model_dir) >= steps
 
 
 # ------------------------------------------------------------------ evaluation ----
@@ -502,14 +531,16 @@ GT_KEYS = ("gt_depth", "gt_pose", "gt_flow", "moving", "gt_object_motion", "seq"
 
 
 def _test_batches(test_pattern: str, height: int, width: int, max_snippets: Optional[int],
-                  out: Dict[str, list]):
-    """Yields the test batches (file order, no augmentation) after appending their ground
-    truth (`GT_KEYS`) to ``out``; stops after ``max_snippets``."""
+                  out: Dict[str, list], max_boxes: int = 0):
+    """Yields the test batches (file order, no augmentation; with ``max_boxes`` > 0 the
+    boxes of every frame) after appending their ground truth (`GT_KEYS`) to ``out``; stops
+    after ``max_snippets``."""
     from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
     from coopnet_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     ds = pipeline.make_dataset(test_pattern, batch_size=8, height=height, width=width,
                                training=False, with_ground_truth=True,
-                               with_object_motion=True, deterministic=True)
+                               with_object_motion=True, deterministic=True,
+                               max_boxes=max_boxes)
     seen = 0
     for batch in ds:
         out["gt_depth"].append(batch[specs.KEY_GT_DEPTH].numpy()[..., 0])
@@ -519,6 +550,8 @@ def _test_batches(test_pattern: str, height: int, width: int, max_snippets: Opti
         out["gt_object_motion"].append(batch[specs.KEY_GT_OBJECT_MOTION].numpy())
         out["seq"].append(batch[specs.KEY_SEQUENCE_ID].numpy())
         out["frame"].append(batch[specs.KEY_FRAME_ID].numpy())
+        out.setdefault("target_image", []).append(
+            batch[specs.KEY_FRAMES][:, specs.TARGET_INDEX].numpy())
         yield batch
         seen += int(batch[specs.KEY_FRAMES].shape[0])
         if max_snippets and seen >= max_snippets:
@@ -575,18 +608,160 @@ def _build_lee_eval(model_dir: str, eager: bool = False):
 
 
 def collect_lee_predictions(model_dir: str, test_pattern: str, height: int, width: int,
-                            max_snippets: Optional[int] = None, eager: bool = False):
+                            max_snippets: Optional[int] = None, eager: bool = False,
+                            max_boxes: int = 0):
     """A Lee et al. run over the test split: depth, transforms, flow, residual and the
-    ground truth (`GT_KEYS`) as numpy arrays."""
-    from coopnet_tf import specs  # pylint: disable=import-outside-toplevel
+    ground truth (`GT_KEYS`) as numpy arrays. With ``max_boxes`` > 0 also CSAC's object
+    masks from the target's boxes (`csac_object_masks`: ``csac_mask``, ``box_region``,
+    ``moving_box_region``) and the world's object pixels (``gt_objects``,
+    `world_object_pixels`), for `object_segmentation_metrics`."""
+    from coopnet_tf import export, specs  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.losses import object_motion as motion_losses  # pylint: disable=import-outside-toplevel
     forward, _ = _build_lee_eval(model_dir, eager)
+    # the run's own α, β of Lee Eq. 4 (its operative config, loaded by _build_lee_eval)
+    alpha = float(export.query_config("lee.csac_alpha", motion_losses.CSAC_ALPHA))
+    beta = float(export.query_config("lee.csac_beta", motion_losses.CSAC_BETA))
     out = {k: [] for k in ("depth", "transforms", "flow", "residual") + GT_KEYS}
-    for batch in _test_batches(test_pattern, height, width, max_snippets, out):
+    for index, batch in enumerate(_test_batches(test_pattern, height, width, max_snippets,
+                                                out, max_boxes)):
         fwd = forward(batch[specs.KEY_FRAMES], batch[specs.KEY_INTRINSICS])
         out["depth"].append(fwd["depth"].numpy()[..., 0])
         for key in ("transforms", "flow", "residual"):
             out[key].append(fwd[key].numpy())
+        if max_boxes:
+            t = specs.TARGET_INDEX
+            masks = csac_object_masks(out["residual"][-1], out["depth"][-1],
+                                      batch[specs.KEY_BOXES].numpy()[:, t],
+                                      batch[specs.KEY_BOX_MASK].numpy()[:, t], out["moving"][-1],
+                                      alpha=alpha, beta=beta, seed=(CSAC_EVAL_SEED, index))
+            for key, value in masks.items():
+                out.setdefault(key, []).append(value)
+            out.setdefault("gt_objects", []).append(world_object_pixels(
+                test_pattern, out["seq"][-1], out["frame"][-1], height, width))
     return _concatenate(out, max_snippets)
+
+
+# Lee Table 5 / Sec. 4.4 on the synthetic world: CSAC's inliers as an object segmentation
+CSAC_INLIER_THRESHOLD = 0.5   # Lee Sec. 4.4: "inlier scores (threshold of 0.5)"
+CSAC_EVAL_SEED = 17           # the hypothesis sampling's seed in evaluation: (17, batch index)
+
+
+def csac_object_masks(residual, depth, boxes, box_mask, moving, alpha=None, beta=None,
+                      seed=(CSAC_EVAL_SEED, 0)) -> Dict[str, np.ndarray]:
+    """Predicted object masks from CSAC's inliers (Lee Sec. 4.4, Table 5).
+
+    For each snippet and source, `losses.object_motion.csac_loss` (the training loss's own
+    function: Otsu split of the depth inside each box, hypothesis search, Lee Alg. 1 and
+    Eqs. 3-4; vectorised over images and boxes) on the predicted residual r and target
+    depth with the target's boxes; a pixel is object iff the best foreground hypothesis's
+    inlier score exceeds `CSAC_INLIER_THRESHOLD` for one real box that contains it
+    (`eval.object_motion.inlier_segmentation`).
+
+    Args:
+      residual: `[B, S, H, W, 3]` predicted residual field per source (the net's units:
+        Eq. 3 is a ratio, as in training).
+      depth: `[B, H, W]` or `[B, H, W, 1]` predicted target depth.
+      boxes: `[B, N, 4]` target boxes (x1, y1, x2, y2), pixels of this resolution.
+      box_mask: `[B, N]` 1 = a real box.
+      moving: `[B, S, H, W]` bool GT moving mask per source.
+      alpha, beta: Lee Eq. 4 (default `csac_loss`'s 30, 0.2).
+      seed: `[2]` seed of the hypothesis sampling.
+
+    Returns:
+      dict of bool arrays: ``csac_mask`` `[B, S, H, W]`; ``box_region`` `[B, H, W]` (the
+      pixels of any real box); ``moving_box_region`` `[B, S, H, W]` (the pixels of the
+      real boxes that contain a GT moving pixel of that source).
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from coopnet_tf.eval import object_motion as om_eval  # pylint: disable=import-outside-toplevel
+    from coopnet_tf.losses import object_motion as motion_losses  # pylint: disable=import-outside-toplevel
+    residual = np.asarray(residual, np.float32)
+    b, s, h, w, _ = residual.shape
+    depth = np.asarray(depth, np.float32).reshape(b, h, w, 1)
+    boxes = np.asarray(boxes, np.float32)
+    box_mask = np.asarray(box_mask, np.float32)
+    kwargs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
+    # images = (snippet, source) pairs, snippet-major; each source sees the target's boxes
+    csac = motion_losses.csac_loss(
+        tf.constant(residual.reshape(b * s, h, w, 3)), tf.constant(np.repeat(depth, s, 0)),
+        tf.constant(np.repeat(boxes, s, 0)), tf.constant(np.repeat(box_mask, s, 0)),
+        seed=seed, **kwargs)
+    inliers = csac["inliers"].numpy()                                     # [B*S, N, H, W]
+    pred = np.stack([om_eval.inlier_segmentation(inl, m, bx, CSAC_INLIER_THRESHOLD)
+                     for inl, m, bx in zip(inliers, np.repeat(box_mask, s, 0),
+                                           np.repeat(boxes, s, 0))]).reshape(b, s, h, w)
+    in_box = motion_losses.box_pixel_masks(boxes, box_mask, h, w).numpy() > 0.5  # [B, N, H, W]
+    moving = np.asarray(moving, bool).reshape(b, s, h, w)
+    has_moving = (in_box[:, None] & moving[:, :, None]).any(axis=(-2, -1))      # [B, S, N]
+    return {"csac_mask": pred, "box_region": in_box.any(axis=1),
+            "moving_box_region": (in_box[:, None] & has_moving[..., None, None]).any(axis=2)}
+
+
+def world_object_pixels(test_pattern: str, sequence_ids, frame_ids, height: int,
+                        width: int) -> np.ndarray:
+    """bool `[B, H, W]`: the synthetic world's object pixels (the target pixel's ray hits
+    one of the objects that get 2-D boxes; not buildings, road or sky) of each snippet's
+    target frame. The records hold no object ids, so the sequences are rendered again from
+    the dataset's `world_config.json` (deterministic; cached per sequence)."""
+    from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+    path = os.path.join(os.path.dirname(test_pattern), synthetic.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; the object segmentation metric needs the "
+                         "synthetic world's config beside the test records")
+    with open(path) as f:
+        config_text = f.read()
+    out = []
+    for seq, frame in zip(sequence_ids, frame_ids):
+        seq = seq.decode() if isinstance(seq, bytes) else str(seq)
+        parts = seq.split("/")
+        if len(parts) != 3 or parts[0] != "synthetic" or not parts[2].isdigit():
+            raise ValueError(f"{test_pattern}: sequence id {seq!r} is not a synthetic "
+                             "world's (synthetic/<split>/<index>)")
+        masks = _sequence_object_pixels(config_text, parts[1], int(parts[2]))
+        if masks.shape[1:] != (height, width):
+            raise ValueError(f"{path}: the world renders {masks.shape[1:]}, the evaluation "
+                             f"runs at {(height, width)}; object pixels need the same size")
+        out.append(masks[int(frame)])
+    return np.stack(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _sequence_object_pixels(config_text: str, split: str, index: int) -> np.ndarray:
+    """bool `[F, H, W]` object pixels of every frame of one sequence (`Frame.prim`)."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+    sequence = synthetic.render_sequence(synthetic.WorldConfig(**json.loads(config_text)),
+                                         split, index)
+    is_object = np.append(sequence.scene.box_class >= 0, False)   # index num_boxes = room
+    return np.stack([is_object[f.prim] for f in sequence.frames])
+
+
+def object_segmentation_metrics(arr: Dict[str, np.ndarray]) -> Dict[str, object]:
+    """Lee Table 5 on the synthetic world: IoU of CSAC's inlier masks (``csac_mask``) with
+    the world's object pixels inside the real target boxes (both sources of every snippet
+    are images; `eval.object_motion.segmentation_iou`). ``all_boxes``: every box;
+    ``moving_boxes``: prediction and GT restricted to the boxes that hold GT moving pixels
+    of that source (where the residual field, not the depth split alone, decides)."""
+    from coopnet_tf.eval import object_motion  # pylint: disable=import-outside-toplevel
+    pred = arr["csac_mask"]
+    h, w = pred.shape[-2:]
+    objects = np.broadcast_to(arr["gt_objects"][:, None], pred.shape)
+    regions = {"all_boxes": np.broadcast_to(arr["box_region"][:, None], pred.shape),
+               "moving_boxes": arr["moving_box_region"]}
+    out = {}
+    for name, region in regions.items():
+        p, g = (pred & region).reshape(-1, h, w), (objects & region).reshape(-1, h, w)
+        res = object_motion.segmentation_iou(p, g)
+        out[name] = {k: res[k] for k in ("iou_mean", "iou_pooled", "intersection", "union",
+                                         "n_images")}
+        out[name]["n_scored"] = int(np.isfinite(res["per_image"]).sum())
+        out[name]["pred_pixels"] = int(p.sum())
+        out[name]["gt_pixels"] = int(g.sum())
+    out["threshold"] = CSAC_INLIER_THRESHOLD
+    out["gt"] = "the world's object pixels (not buildings/road/sky) inside the target's boxes"
+    return out
 
 
 def object_motion_metrics(arr: Dict[str, np.ndarray], residual: np.ndarray) -> Dict[str, object]:
@@ -741,14 +916,14 @@ def v_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
     return result
 
 
-def motion_iou_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
-    """CC Table 6's IoU (static / moving / mean, every pixel) against the exact moving
-    masks of the t+1 source: CC's MaskNet / Consensus / Joint masks (CC runs) and
-    CoopNet's V as a moving detector (complement of V; test-set quantiles for every
-    method, the run's frozen quantiles for coopnet runs), all by the same function."""
-    from coopnet_tf.eval import motion  # pylint: disable=import-outside-toplevel
+def motion_mask_sets(arr, frozen, eta_zeta, method: str) -> Dict[str, np.ndarray]:
+    """Static masks (bool `[N, H, W]`, 1 = static) of the t+1 source: CoopNet's V on the
+    arm's own apportionment inputs (GT flow for *_gt_inputs arms) with the test set's
+    quantiles (every arm) and the run's frozen ones (coopnet runs), and CC's MaskNet /
+    Consensus / Joint masks (CC runs)."""
     eta, zeta = eta_zeta
-    delta, dflow, dom = arr["delta"][:, 1], arr["dflow"][:, 1], arr["non_occ"]
+    own = ("delta_gt", "dflow_gt") if uses_ground_truth_inputs(method) else ("delta", "dflow")
+    delta, dflow, dom = arr[own[0]][:, 1], arr[own[1]][:, 1], arr["non_occ"]
     use_prior = method != "coopnet_no_vzeta"
     qe = np.quantile(delta[dom[:, 1]], [0.5 - eta, 0.5 + eta])
     qx = np.quantile(dflow[..., 0][dom[:, 1]], [0.5 - zeta, 0.5 + zeta])
@@ -759,21 +934,82 @@ def motion_iou_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
                                      frozen["zeta_y"], use_prior)
     for key in ("masknet", "consensus", "joint", "joint_authors"):
         if f"cc_{key}" in arr:
-            sets[key] = arr[f"cc_{key}"]
-    sets = {k: list(v.astype(np.float32)) for k, v in sets.items()}
-    result = motion.evaluate_mask_sets(sets, list(arr["moving"][:, 1]))
+            sets[key] = arr[f"cc_{key}"] > 0.5
+    return sets
+
+
+def motion_iou_metrics(sets: Dict[str, np.ndarray], moving: np.ndarray) -> Dict[str, object]:
+    """CC Table 6's IoU (static / moving / mean, every pixel) of each static mask of
+    `motion_mask_sets` against the exact moving masks of the t+1 source, all by the same
+    function (CoopNet's V as a moving detector: its complement)."""
+    from coopnet_tf.eval import motion  # pylint: disable=import-outside-toplevel
+    result = motion.evaluate_mask_sets({k: list(v.astype(np.float32)) for k, v in sets.items()},
+                                       list(moving[:, 1]))
     return {k: {m: v[m] for m in ("iou_mean", "iou_static", "iou_moving")}
             for k, v in result.items()}
+
+
+# each strategy's own segmentation, shown in the motion-mask figure: CC's joint mask
+# m* (Eq. 14), CoopNet's V with the run's frozen quantiles (the pixels it trained D, T on)
+MASK_SHOWN = (("cc", "joint"), ("coopnet", "V_frozen"))
+
+
+def shown_mask_key(method: str) -> Optional[str]:
+    """The key (of `motion_mask_sets`) of the arm's own segmentation, for the figure."""
+    return next((key for prefix, key in MASK_SHOWN if method.startswith(prefix)), None)
+
+
+def mask_examples(arr, count: int = 3) -> np.ndarray:
+    """Indices of the figure's snippets: in each of the first `count` test sequences, the
+    snippet whose t+1 source has the most moving pixels."""
+    fraction = arr["moving"][:, 1].mean(axis=(1, 2))
+    picks = []
+    for seq in list(dict.fromkeys(arr["seq"].tolist()))[:count]:
+        idx = np.flatnonzero(arr["seq"] == seq)
+        picks.append(int(idx[np.argmax(fraction[idx])]))
+    return np.asarray(picks, np.int64)
+
+
+def plot_motion_masks(path: str, images: np.ndarray, gt_moving: np.ndarray,
+                      panels: Dict[str, np.ndarray], title: str = "") -> str:
+    """Rows = test snippets; columns: the target image, the exact moving mask of the t+1
+    source, then each arm's moving detection (complement of its static mask) coloured
+    against the exact mask (green TP, red FP, blue FN, grey TN)."""
+    from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+    plt = plots.pyplot()
+    rows, cols = len(images), 2 + len(panels)
+    h, w = gt_moving.shape[1:]
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols * w / max(h, 1) / 3, 1.0 * rows + 0.6),
+                             squeeze=False)
+    for r in range(rows):
+        shown = [("target", np.clip(images[r], 0, 1)),
+                 ("GT moving", plots.mask_comparison(gt_moving[r], gt_moving[r]))]
+        shown += [(label, plots.mask_comparison(~static[r], gt_moving[r]))
+                  for label, static in panels.items()]
+        for c, (label, img) in enumerate(shown):
+            axes[r][c].imshow(img, interpolation="nearest")
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+            if r == 0:
+                axes[r][c].set_title(label, fontsize=7)
+    return plots.save_figure(fig, path, dpi=130, title=title, title_size=7)
 
 
 def evaluate_lee_run(model_dir: str, test_pattern: str, cfg: Config):
     """A Lee et al. run's metrics: depth and pose as every arm's (pose from the ego branch),
     flow = the total-motion flow, object motion; no V, no Δ samples."""
+    from coopnet_tf import export  # pylint: disable=import-outside-toplevel
     arr = collect_lee_predictions(model_dir, test_pattern, cfg.height, cfg.width,
-                                  cfg.max_test_snippets, eager=cfg.run_eagerly)
+                                  cfg.max_test_snippets, eager=cfg.run_eagerly,
+                                  max_boxes=max(1, cfg.num_objects))
+    segmentation = object_segmentation_metrics(arr)
+    # a `lee_no_csac*` run never ran CSAC in training: here it runs at evaluation only
+    segmentation["csac_in_training"] = bool(export.query_config("lee.csac", True)) and \
+        float(export.query_config("lee.lambda_mr", 1.0)) > 0
     metrics = dict(common_metrics(arr),
                    flow_source="total motion: ego-motion + residual (Lee Eq. 2)",
-                   object_motion=object_motion_metrics(arr, arr["residual"]), v={})
+                   object_motion=object_motion_metrics(arr, arr["residual"]),
+                   object_segmentation=segmentation, v={})
     return metrics, None, arr
 
 
@@ -801,8 +1037,11 @@ def evaluate_run(model_dir: str, method: str, test_pattern: str, cfg: Config):
     arr, frozen, eta_zeta, _ = collect_predictions(model_dir, test_pattern, cfg.height,
                                                    cfg.width, cfg.max_test_snippets,
                                                    eager=cfg.run_eagerly)
+    masks = motion_mask_sets(arr, frozen, eta_zeta, method)
     metrics = dict(common_metrics(arr), v=v_metrics(arr, frozen, eta_zeta, method),
-                   motion_iou=motion_iou_metrics(arr, frozen, eta_zeta, method))
+                   motion_iou=motion_iou_metrics(masks, arr["moving"]))
+    if masks.get(shown_mask_key(method)) is not None:
+        arr["shown_mask"] = masks[shown_mask_key(method)]
     # Δ samples for the plot (non-occluded pixels), subsampled
     dom = arr["non_occ"]
     rng = np.random.default_rng(0)
@@ -872,6 +1111,10 @@ FAMILIES = {
         ("r EPE moving", ("object_motion", "epe_moving"), "lower"),
         ("r rel. error moving", ("object_motion", "rel_moving"), "lower"),
         ("r EPE static", ("object_motion", "epe_static"), "lower"),
+        # Lee Table 5: CSAC's inliers (threshold 0.5) vs the world's object pixels in boxes
+        ("CSAC seg. IoU", ("object_segmentation", "all_boxes", "iou_mean"), "higher"),
+        ("CSAC seg. IoU moving boxes", ("object_segmentation", "moving_boxes", "iou_mean"),
+         "higher"),
     ],
 }
 CONTEXT_METRICS = [   # shown, not compared
@@ -1016,6 +1259,10 @@ def tables_markdown(summary, methods, seeds) -> str:
              "object motion: EPE (m) and relative error of their residual field r, times "
              "the image's static depth scale, against the world's exact r on moving pixels "
              "(\"r EPE static\": on static pixels, where r = 0; zero motion's EPE beside); "
+             "CSAC seg. IoU: mean IoU per (snippet, source) of CSAC's inliers (> 0.5, best "
+             "hypothesis, Lee Sec. 4.4 / Table 5) on the target's exact boxes against the "
+             "world's object pixels inside those boxes (\"moving boxes\": only the boxes "
+             "holding GT moving pixels; lee_no_csac*: CSAC run at evaluation only); "
              "n/a for the other arms.\n"]
     for family, rows in list(FAMILIES.items()) + [("context", CONTEXT_METRICS)]:
         names = [r[0] for r in rows]
@@ -1096,13 +1343,7 @@ def plot_delta_density(path: str, samples_by_method: Dict[str, Dict[str, Dict]],
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("density (log)")
         axes[1][0].set_ylabel("density (log)")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path, dpi=110, title=title, title_size=9)
 
 
 # ----------------------------------------------------------------------- main ----
@@ -1134,14 +1375,26 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     if previous is not None:
         train_info = previous["train_info"]
     per_run, samples, quantiles, per_run_extra = {}, {}, {}, {}
+    mask_figure = {"panels": {}}   # the motion-mask figure's snippets, seed 0 of the run
     t0 = time.time()
     for seed in cfg.seeds:
         for method in cfg.methods:
             run_dir = os.path.join(model_root, f"seed{seed}", method)
+            if not _finished(run_dir, cfg.num_epochs * cfg.steps_per_epoch):
+                raise ValueError(f"{run_dir}: not trained to step "
+                                 f"{cfg.num_epochs * cfg.steps_per_epoch} (latest checkpoint: "
+                                 f"{_checkpoint_step(run_dir)}); run without --eval_only "
+                                 "to finish it, or leave the arm out of --methods")
             print(f"[reproduce] evaluating {method} seed {seed}", flush=True)
             metrics, s, arr = evaluate_run(run_dir, method, test_pattern, cfg)
             if "trivial" not in per_run_extra:
                 per_run_extra["trivial"] = trivial_reference(arr)
+                examples = mask_examples(arr)
+                mask_figure = {"images": arr["target_image"][examples],
+                               "gt": arr["moving"][examples, 1], "panels": {}}
+            if seed == cfg.seeds[0] and "shown_mask" in arr:
+                label = f"{method}: not {shown_mask_key(method)}"   # its moving pixels
+                mask_figure["panels"][label] = arr["shown_mask"][examples]
             del arr
             metrics["training"] = train_info.get(f"{method}/seed{seed}")
             per_run[f"{method}/seed{seed}"] = metrics
@@ -1184,6 +1437,16 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
             "object_motion": "Lee arms: |s r_pred - r_gt| (m), s = the image's static "
                              "depth scale, both sources, GT depth in (1e-3, 80) m, moving = "
                              "the GT moving mask of the source; rel: / |r_gt|",
+            "object_segmentation": "Lee arms (Lee Table 5): losses.object_motion.csac_loss "
+                                   "on the predicted residual and target depth with the "
+                                   "target's exact boxes (every object's, max_boxes = "
+                                   "num_objects), per source; object = best hypothesis's "
+                                   "inlier score > 0.5 inside a real box; IoU with the "
+                                   "world's object pixels (re-rendered Frame.prim: not "
+                                   "buildings/road/sky) inside the boxes, per (snippet, "
+                                   "source), mean over images with a non-empty union; "
+                                   "moving_boxes: only boxes holding GT moving pixels of the "
+                                   "source; lee_no_csac*: CSAC at evaluation only",
             "lee": "Lee arms train from scratch with the lee gin file, phases "
                    "(phase1, phase2, rest) epochs = "
                    f"{lee_phase_epochs(cfg.num_epochs) if any(map(is_lee, cfg.methods)) else None}",
@@ -1206,6 +1469,12 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         payload["plot"] = plot_delta_density(
             os.path.join(cfg.output_dir, f"{cfg.output_name}_delta_density.png"), samples,
             quantiles, title)
+    if cfg.plot and mask_figure["panels"]:
+        payload["mask_plot"] = plot_motion_masks(
+            os.path.join(cfg.output_dir, f"{cfg.output_name}_motion_masks.png"),
+            mask_figure["images"], mask_figure["gt"], mask_figure["panels"],
+            title=(f"moving pixels of the t+1 source, test snippets, seed {cfg.seeds[0]}: "
+                   "green = detected moving, red = false alarm, blue = missed, grey = static"))
     if previous is not None:
         payload["training_run"] = previous["training_run"]
     payload["metadata"] = common.finish_metadata(meta, start)

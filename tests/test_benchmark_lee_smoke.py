@@ -6,14 +6,18 @@
   world, only the boxes differ;
 * the object-motion metric: 0 for a prediction exact up to the per-image depth scale
   (fitted on static pixels only), |r_gt| for zero motion;
+* CSAC's object segmentation (Lee Table 5) on a constructed field: one rigid vector on an
+  object's exact pixels gives IoU 1 with the object pixels inside the boxes, a zero field
+  (no contrast, flat depth) only the whole box's share; an object without a box is not GT;
 * `train_all`: Lee arms train from scratch beside the burn-in arms (fake `_train`);
-* the tables: object-motion numbers for the Lee arms, n/a for the others;
+* the tables: object-motion and segmentation numbers for the Lee arms, n/a for the others;
 * the benchmark end to end with one Lee arm (`lee_no_dam_jitter`: the DAM switch and the
   jittered world; 64x64, one eager step per phase, ResNet10 encoders): finite
-  object-motion numbers, the Lee row in the markdown, and the run's pose and residual
-  equal to the exported ObjectMotionServing's on the restored networks. The numbers are
-  meaningless. (A CoopNet arm beside it would add its burn-in, minutes on this CPU; the
-  CoopNet path is tests/test_benchmarks_smoke.py's.)
+  object-motion and segmentation numbers, the re-rendered object pixels consistent with
+  the records' exact boxes and moving masks, the Lee row in the markdown, and the run's
+  pose and residual equal to the exported ObjectMotionServing's on the restored networks.
+  The numbers are meaningless. (A CoopNet arm beside it would add its burn-in, minutes on
+  this CPU; the CoopNet path is tests/test_benchmarks_smoke.py's.)
 """
 import json
 import math
@@ -124,6 +128,58 @@ def test_object_motion_metric_uses_the_static_depth_scale():
     assert math.isclose(zero["gt_norm_moving"], want, rel_tol=1e-12)
 
 
+def test_csac_segmentation_of_a_constructed_field():
+    """Flat depth (CSAC's Otsu foreground = the whole box), one rigid vector on object A's
+    pixels (60 of its box's 100), zero elsewhere; object C fills its own box; object B has
+    no box. Source 0: the rigid field; source 1: a zero field (no contrast). Snippet 1 is
+    snippet 0 mirrored left-right (boxes too)."""
+    h, w = 24, 32
+    a = np.zeros((h, w), bool)
+    a[7:13, 2:12] = True                               # 60 pixels of box A's 10 x 10
+    box_a = np.zeros((h, w), bool)
+    box_a[3:13, 2:12] = True
+    c = np.zeros((h, w), bool)
+    c[14:20, 20:28] = True                             # fills box C
+    b = np.zeros((h, w), bool)
+    b[16:22, 4:12] = True                              # an object without a box
+    boxes = np.array([[2, 3, 11, 12], [20, 14, 27, 19], [0, 0, 0, 0]], np.float32)
+    mirrored = np.stack([w - 1 - boxes[:, 2], boxes[:, 1], w - 1 - boxes[:, 0], boxes[:, 3]], -1)
+    boxes = np.stack([boxes, mirrored * [[1], [1], [0]]])   # (the padding row stays 0)
+    box_mask = np.array([[1.0, 1.0, 0.0]] * 2, np.float32)
+
+    def both(x):                                       # [2, ...]: snippet 0 and its mirror
+        return np.stack([x, x[..., ::-1]])
+
+    residual = np.zeros((2, 2, h, w, 3), np.float32)
+    residual[:, 0] = np.where(both(a)[..., None], [0.3, -0.1, 0.8], 0.0)
+    moving = np.repeat(both(a)[:, None], 2, axis=1)
+    masks = rs.csac_object_masks(residual, np.full((2, h, w), 10.0, np.float32), boxes,
+                                 box_mask, moving)
+    np.testing.assert_array_equal(masks["box_region"], both(box_a | c))
+    np.testing.assert_array_equal(masks["moving_box_region"][:, 0], both(box_a))
+    np.testing.assert_array_equal(masks["csac_mask"][:, 0], both(a | c))      # the inliers
+    np.testing.assert_array_equal(masks["csac_mask"][:, 1], both(box_a | c))  # everything
+    arr = dict(masks, gt_objects=both(a | b | c))
+    per_source = [rs.object_segmentation_metrics(
+        {k: v[:, i:i + 1] if k in ("csac_mask", "moving_box_region") else v
+         for k, v in arr.items()}) for i in (0, 1)]
+    rigid, zero = per_source
+    assert rigid["all_boxes"]["iou_mean"] >= 0.9 and rigid["moving_boxes"]["iou_mean"] >= 0.9
+    assert rigid["all_boxes"]["gt_pixels"] == 2 * (60 + 48)
+    assert rigid["moving_boxes"]["gt_pixels"] == 2 * 60
+    # no contrast: the whole box is "object", IoU = the object's share of its box
+    assert zero["moving_boxes"]["iou_mean"] == pytest.approx(60 / 100)
+    assert zero["all_boxes"]["iou_mean"] == pytest.approx((60 + 48) / (100 + 48))
+    pooled = rs.object_segmentation_metrics(arr)
+    assert pooled["all_boxes"]["n_images"] == 4 and pooled["all_boxes"]["intersection"] == 4 * 108
+
+
+def test_world_object_pixels_needs_the_world_config(tmp_path):
+    with pytest.raises(ValueError, match="world_config.json: missing"):
+        rs.world_object_pixels(str(tmp_path / "test-*.tfrecord"), [b"synthetic/test/0000"],
+                               [1], 8, 8)
+
+
 def test_train_all_trains_lee_arms_from_scratch(tmp_path, monkeypatch):
     """Lee arms never resume from the shared burn-in; with only Lee arms there is none."""
     calls = []
@@ -150,10 +206,13 @@ def test_train_all_trains_lee_arms_from_scratch(tmp_path, monkeypatch):
 
 def test_tables_show_object_motion_for_lee_arms_and_na_for_the_others():
     om = {"epe_moving": 0.25, "rel_moving": 0.5, "epe_static": 0.125, "gt_norm_moving": 0.75}
+    seg = {"all_boxes": {"iou_mean": 0.75}, "moving_boxes": {"iou_mean": 0.625}}
     per_run = {"baseline/seed0": {"pose": {"ate3_mean": 0.1}},
-               "lee/seed0": {"pose": {"ate3_mean": 0.2}, "object_motion": om},
+               "lee/seed0": {"pose": {"ate3_mean": 0.2}, "object_motion": om,
+                             "object_segmentation": seg},
                "lee_no_csac/seed0": {"pose": {"ate3_mean": 0.3},
-                                     "object_motion": dict(om, epe_moving=0.5)}}
+                                     "object_motion": dict(om, epe_moving=0.5),
+                                     "object_segmentation": seg}}
     methods = ("baseline", "lee", "lee_no_csac")
     summary = rs.summarise(per_run, methods, (0,))
     assert summary["baseline"]["r EPE moving"]["mean"] is None
@@ -164,8 +223,11 @@ def test_tables_show_object_motion_for_lee_arms_and_na_for_the_others():
     table = md.split("**object motion**")[1].split("**")[0]
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines()
             if line.startswith("|")}
-    assert [c.strip() for c in rows["baseline"]] == ["n/a"] * 3
-    assert [c.strip() for c in rows["lee"]] == ["0.25", "0.5", "0.125"]
+    assert table.splitlines()[2].split("|")[5:7] == [" CSAC seg. IoU ",
+                                                     " CSAC seg. IoU moving boxes "]
+    assert [c.strip() for c in rows["baseline"]] == ["n/a"] * 5
+    assert [c.strip() for c in rows["lee"]] == ["0.25", "0.5", "0.125", "0.75", "0.625"]
+    assert summary["_paired"]["lee − lee_no_csac"]["metrics"]["CSAC seg. IoU"]["mean"] == 0.0
     assert [c.strip() for c in rows["lee_no_csac"]][0] == "0.5"
 
 
@@ -187,6 +249,15 @@ def test_lee_arm_end_to_end(root):
     for key in ("epe_moving", "rel_moving", "epe_static", "gt_norm_moving"):
         assert om[key] is not None and math.isfinite(om[key]), key
     assert data["summary"][arm]["r EPE moving"]["mean"] == om["epe_moving"]
+    seg = run["object_segmentation"]
+    assert seg["csac_in_training"] is True and seg["threshold"] == 0.5
+    n_images = 2 * run["test_snippets"]                  # (snippet, source) pairs
+    for key in ("all_boxes", "moving_boxes"):
+        assert seg[key]["n_images"] == n_images and 0 < seg[key]["n_scored"] <= n_images
+        assert 0.0 <= seg[key]["iou_mean"] <= 1.0, key
+        assert seg[key]["intersection"] <= min(seg[key]["pred_pixels"], seg[key]["gt_pixels"])
+    assert seg["all_boxes"]["gt_pixels"] >= seg["moving_boxes"]["gt_pixels"] > 0
+    assert data["summary"][arm]["CSAC seg. IoU"]["mean"] == seg["all_boxes"]["iou_mean"]
     assert run["training"]["resumed_from"] is None
     for value in (run["flow"]["epe_moving"], run["pose"]["ate3_mean"],
                   run["depth_static_scale"]["moving"]["abs_rel"]):
@@ -207,7 +278,15 @@ def test_lee_arm_end_to_end(root):
     # the benchmark's pose and residual = the exported ObjectMotionServing's
     test_files = synthetic.file_pattern(rs.ensure_dataset(cfg), "test")
     arr = rs.collect_lee_predictions(str(run_dir), test_files, 64, 64, max_snippets=2,
-                                     eager=True)
+                                     eager=True, max_boxes=cfg.num_objects)
+    # the re-rendered object pixels belong to the records' snippets: every one lies in an
+    # exact box of its target frame, and the GT moving pixels
+    # of both sources are object pixels
+    objects, region = arr["gt_objects"], arr["box_region"]
+    assert objects.any() and not (objects & ~region).any()
+    assert not (arr["moving"] & ~objects[:, None]).any() and arr["moving"].any()
+    assert arr["csac_mask"].shape == arr["moving"].shape and not (
+        arr["csac_mask"] & ~region[:, None]).any()
     depth_net, motion_net, info = export.restore_lee_networks(str(run_dir))
     batch = next(iter(pipeline.make_dataset(test_files, batch_size=2, height=64, width=64,
                                             training=False)))

@@ -6,9 +6,11 @@ ResNet10 encoders (conftest.TINY_ENCODERS) and checks the JSON they write. The n
 are meaningless here.
 """
 import json
+import os
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 import conftest
@@ -106,6 +108,80 @@ def test_reproduce_synthetic_tiny(tmp_path):
     assert "coopnet − coopnet_gt_inputs" in data["summary"]["_paired"]
     assert "coopnet − coopnet_gt_inputs" in md     # the paired table (one seed: n/a)
     assert payload["per_run"].keys() == data["per_run"].keys()
+    assert (tmp_path / "out" / "reproduce_synthetic_motion_masks.png").is_file()
+    assert data["mask_plot"].endswith("reproduce_synthetic_motion_masks.png")
+
+
+def test_motion_masks_use_each_arms_own_inputs(tmp_path):
+    """V of a GT-input arm comes from the GT-flow Δ (the inputs it trained with): there it
+    is exactly the static pixels, while the learned-flow Δ (noise here) is not; the figure
+    takes each sequence's most-moving snippet."""
+    from benchmarks import reproduce_synthetic as rs
+    rng = np.random.default_rng(0)
+    n, h, w = 6, 8, 12
+    moving = rng.random((n, 2, h, w)) < 0.1
+    arr = {"moving": moving, "non_occ": np.ones((n, 2, h, w), bool),
+           "delta_gt": np.where(moving, 5.0, 0.0), "dflow_gt": np.zeros((n, 2, h, w, 2)),
+           "delta": rng.normal(size=(n, 2, h, w)), "dflow": rng.normal(size=(n, 2, h, w, 2)),
+           "cc_joint": (~moving[:, 1]).astype(np.float32),
+           "seq": np.array([b"a"] * 3 + [b"b"] * 3)}
+    frozen = {"eta": (-0.1, 0.1), "zeta_x": (-1.0, 1.0), "zeta_y": (-1.0, 1.0)}
+    gt_sets = rs.motion_mask_sets(arr, frozen, (0.3, 0.3), "coopnet_gt_inputs")
+    np.testing.assert_array_equal(gt_sets["V_testq"], ~moving[:, 1])
+    np.testing.assert_array_equal(gt_sets["V_frozen"], ~moving[:, 1])
+    assert gt_sets["joint"].dtype == bool
+    learned = rs.motion_mask_sets(arr, frozen, (0.3, 0.3), "coopnet")
+    assert not np.array_equal(learned["V_frozen"], ~moving[:, 1])
+    iou = rs.motion_iou_metrics(gt_sets, moving)
+    assert iou["V_frozen"]["iou_moving"] == 1.0 and iou["joint"]["iou_mean"] == 1.0
+    assert rs.motion_iou_metrics(learned, moving)["V_frozen"]["iou_moving"] < 0.5
+    assert [rs.shown_mask_key(m) for m in ("cc", "coopnet_no_vzeta", "glnet_min")] == \
+        ["joint", "V_frozen", None]
+    fraction = moving[:, 1].mean(axis=(1, 2))
+    picks = rs.mask_examples(arr, count=3)
+    assert list(picks) == [int(np.argmax(fraction[:3])), 3 + int(np.argmax(fraction[3:]))]
+    path = rs.plot_motion_masks(str(tmp_path / "m.png"), rng.random((2, h, w, 3)),
+                                moving[picks, 1], {"cc: not joint": gt_sets["joint"][picks]})
+    assert os.path.getsize(path) > 0
+
+
+def test_an_interrupted_arm_resumes_from_its_own_checkpoint(tmp_path, monkeypatch):
+    """The shared burn-in is copied into an arm only when the arm has no checkpoint at or
+    past the burn-in's: a benchmark restarted mid-arm keeps the arm's progress."""
+    import tensorflow as tf
+    from benchmarks import reproduce_synthetic as rs
+
+    def run(name, step, marker):
+        value = tf.Variable(float(marker))
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=value),
+                                             str(tmp_path / name / "checkpoints"), 1)
+        manager.save(checkpoint_number=step)
+        return str(tmp_path / name)
+
+    def marker(model_dir):
+        path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        return float(tf.train.load_checkpoint(path).get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE"))
+
+    burn_in = run("burn_in", 270, 1.0)
+    assert rs._checkpoint_step(str(tmp_path / "absent")) == -1
+    assert rs._start_from(burn_in, str(tmp_path / "new"))              # no run yet: copy
+    assert rs._checkpoint_step(str(tmp_path / "new")) == 270 and marker(str(tmp_path / "new")) == 1
+    ahead = run("ahead", 360, 2.0)
+    assert not rs._start_from(burn_in, ahead)                           # its own progress kept
+    assert rs._checkpoint_step(ahead) == 360 and marker(ahead) == 2
+    behind = run("behind", 90, 3.0)
+    assert rs._start_from(burn_in, behind)                              # older: replaced
+    assert rs._checkpoint_step(behind) == 270 and marker(behind) == 1
+    assert not list(tmp_path.glob("*.partial"))
+    # --eval_only refuses an arm that has not finished training
+    run("seed0/coopnet", 1, 4.0)
+    cfg = rs.Config(output_dir=str(tmp_path / "out"), model_root=str(tmp_path),
+                    methods=("coopnet",), seeds=(0,), num_epochs=3, steps_per_epoch=1,
+                    burn_in_epochs=2, eval_only=True)
+    monkeypatch.setattr(rs, "ensure_dataset", lambda *a, **k: str(tmp_path / "world"))
+    with pytest.raises(ValueError, match=r"seed0/coopnet: not trained to step 3 \(latest "
+                                         r"checkpoint: 1\)"):
+        rs.run(cfg, argv=["reproduce_synthetic.py"])
 
 
 def test_verdicts_follow_the_paired_intervals():

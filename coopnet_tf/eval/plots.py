@@ -3,6 +3,7 @@
 Colour maps come from `coopnet_tf.visualize` (magma for depth, Middlebury wheel for flow).
 """
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -15,6 +16,20 @@ def pyplot():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     return plt
+
+
+def save_figure(fig, path, dpi: int = 120, title: Optional[str] = None,
+                title_size: Optional[float] = None) -> str:
+    """Lays out and writes a matplotlib figure (parent folders created), closes it."""
+    if title:
+        fig.suptitle(title, fontsize=title_size)
+    fig.tight_layout()
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return os.fspath(path)
 
 
 def save_rgb(path, image):
@@ -53,12 +68,7 @@ def plot_trajectory(path, gt, pred, title=None, labels=("ground truth", "predict
     ax.legend(loc="best")
     if title:
         ax.set_title(title)
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_errors_per_length(path, per_length, title=None):
@@ -83,11 +93,7 @@ def plot_errors_per_length(path, per_length, title=None):
     axes[1].set_ylabel("rotation error [deg/100 m]")
     for ax in axes:
         ax.grid(True, alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title=title)
 
 
 def save_depth_examples(plot_dir, pred_disps, gt_depths=None, indices=(0,), prefix="depth"):
@@ -134,7 +140,13 @@ def save_flow_wheel_legend(path, size=129):
 
 
 def save_mask_comparison(path, pred_moving, gt_moving, region=None):
-    """RGB overlay: green = TP moving, red = FP, blue = FN, grey = evaluated static."""
+    """`mask_comparison` written as a PNG."""
+    save_rgb(path, mask_comparison(pred_moving, gt_moving, region))
+
+
+def mask_comparison(pred_moving, gt_moving, region=None) -> np.ndarray:
+    """RGB float `[H, W, 3]`: green = TP moving, red = FP, blue = FN, grey = evaluated
+    static (TN), black = outside `region`."""
     p = np.asarray(pred_moving, bool)
     g = np.asarray(gt_moving, bool)
     reg = np.ones_like(g) if region is None else np.asarray(region, bool)
@@ -143,4 +155,4 @@ def save_mask_comparison(path, pred_moving, gt_moving, region=None):
     img[reg & p & g] = (0.1, 0.9, 0.1)
     img[reg & p & ~g] = (0.9, 0.1, 0.1)
     img[reg & ~p & g] = (0.1, 0.3, 1.0)
-    save_rgb(path, img)
+    return img

@@ -38,7 +38,6 @@ non-finite guard is CoopTrainStep's: a step with a non-finite loss or gradient o
 replica is skipped on every replica, BatchNorm statistics are restored and a counter
 incremented.
 """
-import contextlib
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import keras
@@ -47,8 +46,9 @@ import tensorflow as tf
 from coopnet_tf import geometry, specs
 from coopnet_tf.losses import consistency, object_motion, photometric, smoothness
 from coopnet_tf.models import disp_to_depth, motion_branches
-from coopnet_tf.training.step import (Phase, count_nonfinite, guarded_update, tf_variables,
-                                      to_batch_source, to_source_major)
+from coopnet_tf.training.step import (Phase, count_nonfinite, grouped_gradients,
+                                      guarded_update, replica_scale, replica_seed,
+                                      tf_variables, to_batch_source, to_source_major)
 
 PHASE1, PHASE2, PHASE3 = "phase1", "phase2", "phase3"
 PHASES = (PHASE1, PHASE2, PHASE3)
@@ -403,50 +403,23 @@ class LeeTrainStep:
                 tf.cast(batch[specs.KEY_BOX_MASK][:, t], tf.float32))
 
     # ------------------------------------------------------------------ step ----
-    def _replica_scale(self, batch) -> tf.Tensor:
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-        local = tf.cast(tf.shape(batch[specs.KEY_FRAMES])[0], tf.float32)
-        if self.global_batch_size:
-            return local / float(self.global_batch_size)
-        return local / (local * replicas)
-
     def train_step(self, batch: Dict[str, tf.Tensor], phase: Phase, seed) -> Dict[str, tf.Tensor]:
         """One guarded update of the groups ``phase`` trains (call inside `strategy.run`).
 
         Returns:
           ``losses/<term>`` and ``train/nonfinite``, each scaled by local / global batch.
         """
-        ctx = tf.distribute.get_replica_context()
-        replica_id = (tf.cast(ctx.replica_id_in_sync_group, tf.int64) if ctx
-                      else tf.constant(0, tf.int64))
-        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id)
+        seed = replica_seed(seed)
         active = self.groups(phase)
-        variables = {g: self.group_variables(g) for g in active}
         stats_vars = self.statistics_variables
         saved_stats = [tf.identity(v) for v in tf_variables(stats_vars)]
-        scale = self._replica_scale(batch)
-
-        tapes = {g: tf.GradientTape(watch_accessed_variables=False) for g in active}
-        with contextlib.ExitStack() as stack:
-            for g in active:
-                stack.enter_context(tapes[g]).watch(tf_variables(variables[g]))
-            losses, _ = self.compute_losses(batch, phase, seed)
-            objectives = {}
-            for g in active:
-                objectives[g] = losses["total"] * scale
-                if self._loss_scaling:
-                    objectives[g] = self._optimizer(g).scale_loss(objectives[g])
-        # Variables the objective does not reach (the depth net's coarser heads, the
-        # residual heads of scales > 0) are left out: the decision is static.
-        pairs = {}
-        for g in active:
-            grads = tapes[g].gradient(objectives[g], tf_variables(variables[g]))
-            kept = [(gr, v) for gr, v in zip(grads, variables[g]) if gr is not None]
-            pairs[g] = ([gr for gr, _ in kept], [v for _, v in kept])
-
-        ok = guarded_update([(pairs[g][0], pairs[g][1], self._optimizer(g)) for g in active],
-                            losses, stats_vars, saved_stats, self._loss_scaling,
+        scale = replica_scale(batch, self.global_batch_size)
+        # one objective (L_total) for every group; variables it does not reach (the depth
+        # net's coarser heads, the residual heads of scales > 0) are left out
+        updates, (losses, _) = grouped_gradients(
+            {g: (self.group_variables(g), self._optimizer(g), "total") for g in active},
+            lambda: self.compute_losses(batch, phase, seed), scale, self._loss_scaling)
+        ok = guarded_update(updates, losses, stats_vars, saved_stats, self._loss_scaling,
                             self.options.gradient_clip_norm, self._count_nonfinite)
 
         out = {f"losses/{k}": tf.where(ok, v, tf.zeros_like(v)) * scale

@@ -274,6 +274,56 @@ def count_nonfinite(total: tf.Variable, consecutive: tf.Variable, increment) -> 
     consecutive.assign((tf.convert_to_tensor(consecutive) + increment) * increment)
 
 
+def replica_seed(seed) -> tf.Tensor:
+    """The step's stateless seed folded with this replica's id (each replica draws its own
+    augmentation and P² subsample)."""
+    ctx = tf.distribute.get_replica_context()
+    replica_id = (tf.cast(ctx.replica_id_in_sync_group, tf.int64) if ctx
+                  else tf.constant(0, tf.int64))
+    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id)
+
+
+def replica_scale(batch: Dict[str, tf.Tensor], global_batch_size: Optional[int]) -> tf.Tensor:
+    """local_batch / global_batch (1 / replicas for equal shards)."""
+    ctx = tf.distribute.get_replica_context()
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    local = tf.cast(tf.shape(batch[specs.KEY_FRAMES])[0], tf.float32)
+    if global_batch_size:
+        return local / float(global_batch_size)
+    return local / (local * replicas)
+
+
+def grouped_gradients(groups, compute_losses, scale, loss_scaling: bool):
+    """One `GradientTape` per trained group, each watching only its own variables.
+
+    Args:
+      groups: name -> `(variables, optimizer, loss key)`.
+      compute_losses: `() -> (losses, ...)`, the forward pass, run once under all tapes.
+      scale: local / global batch; each group's objective is `losses[key] * scale`
+        (scaled again by its LossScaleOptimizer when `loss_scaling`).
+
+    Returns:
+      (`updates` for `guarded_update`: per group `(gradients, variables, optimizer)`,
+      leaving out variables its objective does not reach; the forward's outputs).
+    """
+    tapes = {name: tf.GradientTape(watch_accessed_variables=False) for name in groups}
+    with contextlib.ExitStack() as stack:
+        for name, (variables, _, _) in groups.items():
+            stack.enter_context(tapes[name]).watch(tf_variables(variables))
+        outputs = compute_losses()
+        objectives = {}
+        for name, (_, optimizer, key) in groups.items():
+            objectives[name] = outputs[0][key] * scale
+            if loss_scaling:
+                objectives[name] = optimizer.scale_loss(objectives[name])
+    updates = []
+    for name, (variables, optimizer, _) in groups.items():
+        grads = tapes[name].gradient(objectives[name], tf_variables(variables))
+        kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        updates.append(([g for g, _ in kept], [v for _, v in kept], optimizer))
+    return updates, outputs
+
+
 def guarded_update(updates, losses: Dict[str, tf.Tensor], stats_vars, saved_stats,
                    loss_scaling: bool, clip_norm: Optional[float], count) -> tf.Tensor:
     """Applies each group's gradients unless any loss or gradient is non-finite on any
@@ -718,15 +768,6 @@ class CoopTrainStep:
         return losses, app, fwd
 
     # ------------------------------------------------------------------ step ----
-    def _replica_scale(self, batch) -> tf.Tensor:
-        """local_batch / global_batch (1 / replicas for equal shards)."""
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-        local = tf.cast(tf.shape(batch[specs.KEY_FRAMES])[0], tf.float32)
-        if self.global_batch_size:
-            return local / float(self.global_batch_size)
-        return local / (local * replicas)
-
     def train_step(self, batch: Dict[str, tf.Tensor], phase: Phase, seed) -> Dict[str, tf.Tensor]:
         """One guarded update of both objectives (call inside `strategy.run`).
 
@@ -735,9 +776,7 @@ class CoopTrainStep:
           over replicas gives the global mean: ``losses/<term>``, ``apportion/...``,
           ``quantiles/...`` and ``train/nonfinite`` (1 if this step was skipped).
         """
-        ctx = tf.distribute.get_replica_context()
-        replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int64) if ctx else tf.constant(0, tf.int64)
-        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id)
+        seed = replica_seed(seed)
         groups = self._groups(phase)
         # (variables, optimizer, loss key) of the groups this phase updates: depth+pose and
         # flow always have a tape; a strategy's own network (CC's moderator) gets a third
@@ -750,23 +789,11 @@ class CoopTrainStep:
         active = [name for name in TRAINED_GROUPS if name in groups and spec[name][0]]
         stats_vars = self.statistics_variables
         saved_stats = [tf.identity(v) for v in tf_variables(stats_vars)]
-        scale = self._replica_scale(batch)
-
-        tapes = {name: tf.GradientTape(watch_accessed_variables=False) for name in active}
-        with contextlib.ExitStack() as stack:
-            for name in active:
-                stack.enter_context(tapes[name]).watch(tf_variables(spec[name][0]))
-            losses, app, _ = self.compute_losses(batch, phase, seed)
-            objectives = {}
-            for name in active:
-                objectives[name] = losses[spec[name][2]] * scale
-                if self._loss_scaling:
-                    objectives[name] = spec[name][1].scale_loss(objectives[name])
-        grads = {name: tapes[name].gradient(objectives[name], tf_variables(spec[name][0]))
-                 for name in active}
-
-        ok = guarded_update([(grads[name], spec[name][0], spec[name][1]) for name in active],
-                            losses, stats_vars, saved_stats, self._loss_scaling,
+        scale = replica_scale(batch, self.global_batch_size)
+        updates, (losses, app, _) = grouped_gradients(
+            {name: spec[name] for name in active},
+            lambda: self.compute_losses(batch, phase, seed), scale, self._loss_scaling)
+        ok = guarded_update(updates, losses, stats_vars, saved_stats, self._loss_scaling,
                             self.options.gradient_clip_norm, self._count_nonfinite)
 
         out = {}
