@@ -48,10 +48,10 @@ def tiny_dataset(tmp_path_factory):
     return conftest.tiny_world(tmp_path_factory, tl.SIZE, frames_per_sequence=7)
 
 
-def _run(data_dir, model_dir, stop_at_step=None):
+def _run(data_dir, model_dir, stop_at_step=None, strategy="cc"):
     # 2 basic (burn-in) steps, then collaboration at step 2, competition at step 3
     tl.configure(data_dir,
-                 "make_apportionment.name = 'cc'",
+                 f"make_apportionment.name = '{strategy}'",
                  "make_apportionment.period = 1",
                  "make_apportionment.period_unit = 'steps'",
                  "build_moderator_net.decoder_channels = (4, 8, 8, 16, 16)",
@@ -70,17 +70,23 @@ def _run(data_dir, model_dir, stop_at_step=None):
 def _groups(tensors):
     mod = {k: v for k, v in tensors.items() if k.startswith(("moderator_net/",
                                                              "moderator_optimizer/"))}
-    comp = {k: v for k, v in tensors.items() if k.split("/")[0] in (
-        "depth_net", "pose_net", "flow_net", "depth_pose_optimizer", "flow_optimizer")}
+    comp = {k: v for k, v in tensors.items() if k.split("/")[0] in COMPETITORS}
     assert len(mod) > 50 and len(comp) > 100
     return comp, mod
 
 
-def _ckpt(model_dir, number):
+COMPETITORS = ("depth_net", "pose_net", "flow_net", "depth_pose_optimizer", "flow_optimizer")
+
+
+def _ckpt_tensors(model_dir, number):
     path = os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR, f"ckpt-{number}")
     reader = tf.train.load_checkpoint(path)
-    return _groups({n: reader.get_tensor(n) for n, _ in tf.train.list_variables(path)
-                    if n.endswith("VARIABLE_VALUE")})
+    return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(path)
+            if n.endswith("VARIABLE_VALUE")}
+
+
+def _ckpt(model_dir, number):
+    return _groups(_ckpt_tensors(model_dir, number))
 
 
 def _diff(a, b):
@@ -97,3 +103,29 @@ def test_resume_continues_in_the_right_stage(tiny_dataset, tmp_path):
     # step 2 (collaboration): only M moved; step 3 (competition, after the resume): only R, F
     assert not _diff(comp2, comp3) and _diff(mod2, mod3)
     assert not _diff(mod3, mod4) and _diff(comp3, comp4)
+
+
+def test_cc_resumes_from_another_strategys_burn_in(tiny_dataset, tmp_path):
+    """The synthetic benchmark's shared burn-in is a coopnet run: a CC run resumes from
+    its burn-in checkpoint (which has no moderator) with M as built, and trains M in its
+    first collaboration step; a coopnet checkpoint after the burn-in is refused."""
+    from benchmarks import reproduce_synthetic
+    burn_in, cc_run, late = (str(tmp_path / n) for n in ("burn_in", "cc", "late"))
+    assert _run(tiny_dataset, burn_in, stop_at_step=2, strategy="coopnet")["step"] == 2
+    reproduce_synthetic._copy_run(burn_in, cc_run)
+    assert _run(tiny_dataset, cc_run, stop_at_step=3)["step"] == 3
+    comp_burn = {n: v for n, v in _ckpt_tensors(burn_in, 2).items()
+                 if n.split("/")[0] in COMPETITORS}
+    comp3, mod3 = _ckpt(cc_run, 3)
+    # step 2 was a collaboration: the competitors (weights, statistics, optimizers) are
+    # the burn-in's bit for bit, and M has left its initialisation (Adam counted a step)
+    assert sorted(comp_burn) == sorted(comp3) and not _diff(comp_burn, comp3)
+    iterations = [v for k, v in mod3.items()
+                  if k.startswith("moderator_optimizer/") and "iteration" in k]
+    assert iterations == [1]
+    assert _run(tiny_dataset, burn_in, stop_at_step=3, strategy="coopnet")["step"] == 3
+    reproduce_synthetic._copy_run(burn_in, late)
+    with pytest.raises(ValueError, match=r"ckpt-3: has no \['moderator_net', "
+                                         r"'moderator_optimizer'\] but is at step 3"):
+        _run(tiny_dataset, late)
+

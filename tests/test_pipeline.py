@@ -212,6 +212,14 @@ def test_missing_pattern_gives_a_clear_error(tmp_path):
         pipeline.make_dataset(pattern, batch_size=2, height=H, width=W)
 
 
+def test_png_size_probe_never_fails_on_short_frames():
+    """The size probe runs beside the check that names the file, in any order: it must
+    not raise on a frame too short to be a PNG (it did, and the error lost the name)."""
+    png = tf.io.encode_png(tf.zeros([5, 7, 3], tf.uint8))
+    heights, widths = pipeline._png_sizes(tf.stack([png, tf.constant(b"text")]))
+    assert heights.numpy().tolist() == [5, 0] and widths.numpy().tolist() == [7, 0]
+
+
 def test_corrupt_files_are_named(tmp_path, train_pattern):
     garbage = tmp_path / "garbage.tfrecord"
     garbage.write_bytes(os.urandom(300))

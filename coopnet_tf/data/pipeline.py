@@ -230,8 +230,11 @@ _CHECK_SPEC = {
 
 
 def _png_sizes(images: tf.Tensor):
-    """(height, width) int64 [F] from the PNG IHDR chunk (big-endian, bytes 16..24)."""
-    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(images, 16, 8), tf.uint8, fixed_length=8),
+    """(height, width) int64 [F] from the PNG IHDR chunk (big-endian, bytes 16..24).
+    Frames shorter than 24 bytes are zero-padded, so that this op never fails before the
+    check that names the file (ops without a dependency run in any order)."""
+    padded = tf.strings.join([images, b"\0" * 24])
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8, fixed_length=8),
                   tf.int64)
     weights = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
     return (tf.reduce_sum(raw[:, 4:] * weights, axis=-1),

@@ -361,6 +361,13 @@ class ApportionmentStrategy:
         layer = self.quantile_layer
         return {} if layer is None else {"quantiles": layer}
 
+    def burn_in_untouched_items(self) -> Tuple[str, ...]:
+        """Names of ``checkpoint_items`` that no burn-in step changes: a run of this
+        strategy may resume from a burn-in checkpoint without them (another strategy's
+        shared burn-in); they then start from their initialisation, as in a run that
+        trained its own burn-in."""
+        return ()
+
     def start_epoch(self):
         """Call at the start of every epoch (outside `strategy.run`)."""
 

@@ -126,6 +126,10 @@ class CompetitiveCollaborationStrategy(apportion.ApportionmentStrategy):
     def checkpoint_items(self) -> Dict[str, Any]:
         return {"moderator_net": self.moderator, "moderator_optimizer": self._optimizer}
 
+    def burn_in_untouched_items(self) -> Tuple[str, ...]:
+        # the basic phase trains R and F only: M, its statistics and optimizer stay as built
+        return ("moderator_net", "moderator_optimizer")
+
     def __call__(self, inputs: apportion.ApportionInputs, use_quantiles=False,
                  update_quantiles=False) -> apportion.Apportionment:
         """Runs M on ``inputs.extras["snippet"]`` (`[B, H, W, 9]`, with

@@ -245,6 +245,9 @@ class CoopNetMethod:
                     flow_optimizer=self.flow_optimizer,
                     **self.apportionment.checkpoint_items())
 
+    def burn_in_untouched_items(self):
+        return self.apportionment.burn_in_untouched_items()
+
     def start_epoch(self) -> None:
         self.apportionment.start_epoch()
 
@@ -357,6 +360,10 @@ class LeeMethod:
         return dict(depth_net=self.depth_net, motion_net=self.motion_net,
                     depth_optimizer=self.depth_optimizer,
                     motion_optimizer=self.motion_optimizer)
+
+    @staticmethod
+    def burn_in_untouched_items():
+        return ()   # Lee et al. train from scratch: no shared burn-in
 
     def start_epoch(self) -> None:
         """Nothing per epoch (the phase comes from the schedule)."""

@@ -225,9 +225,10 @@ class Trainer:
                                       config.quantile_estimation_epochs,
                                       stages=self.method.stages)
 
-        self.checkpoint = tf.train.Checkpoint(
+        self.checkpoint_items = dict(
             global_step=self.global_step, epoch=self.epoch, best_metric=self.best_metric,
             nonfinite_steps=self.step.nonfinite_steps, **self.method.checkpoint_items())
+        self.checkpoint = tf.train.Checkpoint(**self.checkpoint_items)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.write_dir, run_layout.CHECKPOINT_SUBDIR),
             max_to_keep=config.keep_checkpoints, step_counter=self.global_step)
@@ -260,10 +261,31 @@ class Trainer:
         path = tf.train.latest_checkpoint(
             os.path.join(self.model_dir, run_layout.CHECKPOINT_SUBDIR))
         if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            self._restore_from(path)
             logging.info("restored %s (step %d)", path, int(self.global_step.numpy()))
         self._last_summary = int(self.global_step.numpy())
         return path
+
+    def _restore_from(self, path: str) -> None:
+        """Every item of the checkpoint must match, except the method's
+        `burn_in_untouched_items` in a checkpoint of the burn-in that lacks them (a shared
+        burn-in trained by another strategy): those keep their initialisation."""
+        saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+        fresh = [k for k in self.method.burn_in_untouched_items() if k not in saved]
+        if not fresh:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+            return
+        step = int(tf.train.load_checkpoint(path).get_tensor(
+            "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+        if step > self.schedule.burn_in_steps:
+            raise ValueError(
+                f"{path}: has no {fresh} but is at step {step}, after the burn-in "
+                f"({self.schedule.burn_in_steps} steps): it was written by a run of another "
+                "method or strategy; resume from a burn-in checkpoint or a run of this one")
+        items = {k: v for k, v in self.checkpoint_items.items() if k not in fresh}
+        tf.train.Checkpoint(**items).restore(path).assert_existing_objects_matched()
+        logging.info("%s: a burn-in checkpoint without %s; they start from their "
+                     "initialisation", path, fresh)
 
     def save(self, best: bool = False) -> str:
         path = self.manager.save(checkpoint_number=self.global_step)

@@ -76,6 +76,10 @@ class EpochSchedule:
         self.estimation_epochs = int(estimation_epochs)
         self.stages = Stages(*stages).validate() if stages else None
 
+    @property
+    def burn_in_steps(self) -> int:
+        return self.burn_in_epochs * self.steps_per_epoch
+
     def epoch(self, step: int) -> int:
         return int(step) // self.steps_per_epoch
 
