@@ -2,7 +2,8 @@
 
 * the schedule's stage of every step (training/schedule.py, CC's `stages`) against a
   step-by-step enumeration of Algorithm 1's alternation after the burn-in;
-* kill-and-resume inside the alternation: the resumed run continues in the right stage
+* resume from another strategy's burn-in checkpoint (no moderator in it), then
+  kill-and-resume inside the alternation: the resumed run continues in the right stage
   (the moderator is frozen in a competition step, the competitors in a collaboration
   step). That a resume reproduces an uninterrupted run is test_train_loop's business.
 """
@@ -93,39 +94,30 @@ def _diff(a, b):
     return [k for k in a if not np.array_equal(a[k], b[k])]
 
 
-def test_resume_continues_in_the_right_stage(tiny_dataset, tmp_path):
-    killed = str(tmp_path / "killed")
+def test_resume_from_a_shared_burn_in_and_in_the_right_stage(tiny_dataset, tmp_path):
+    """A CC run resumes from another strategy's burn-in checkpoint (the synthetic
+    benchmark's shared coopnet burn-in: no moderator in it) with M as built; killed and
+    resumed inside the alternation, it continues in the right stage; a coopnet checkpoint
+    after the burn-in is refused."""
+    from benchmarks import reproduce_synthetic
+    burn_in, killed, late = (str(tmp_path / n) for n in ("burn_in", "killed", "late"))
+    assert _run(tiny_dataset, burn_in, stop_at_step=2, strategy="coopnet")["step"] == 2
+    reproduce_synthetic._copy_run(burn_in, killed)
     assert _run(tiny_dataset, killed, stop_at_step=3)["step"] == 3
     assert _run(tiny_dataset, killed)["step"] == 4            # resumed: step 3 only
-    comp2, mod2 = _ckpt(killed, 2)
+    comp2 = {n: v for n, v in _ckpt_tensors(killed, 2).items() if n.split("/")[0] in COMPETITORS}
     comp3, mod3 = _ckpt(killed, 3)
     comp4, mod4 = _ckpt(killed, 4)
-    # step 2 (collaboration): only M moved; step 3 (competition, after the resume): only R, F
-    assert not _diff(comp2, comp3) and _diff(mod2, mod3)
-    assert not _diff(mod3, mod4) and _diff(comp3, comp4)
-
-
-def test_cc_resumes_from_another_strategys_burn_in(tiny_dataset, tmp_path):
-    """The synthetic benchmark's shared burn-in is a coopnet run: a CC run resumes from
-    its burn-in checkpoint (which has no moderator) with M as built, and trains M in its
-    first collaboration step; a coopnet checkpoint after the burn-in is refused."""
-    from benchmarks import reproduce_synthetic
-    burn_in, cc_run, late = (str(tmp_path / n) for n in ("burn_in", "cc", "late"))
-    assert _run(tiny_dataset, burn_in, stop_at_step=2, strategy="coopnet")["step"] == 2
-    reproduce_synthetic._copy_run(burn_in, cc_run)
-    assert _run(tiny_dataset, cc_run, stop_at_step=3)["step"] == 3
-    comp_burn = {n: v for n, v in _ckpt_tensors(burn_in, 2).items()
-                 if n.split("/")[0] in COMPETITORS}
-    comp3, mod3 = _ckpt(cc_run, 3)
-    # step 2 was a collaboration: the competitors (weights, statistics, optimizers) are
-    # the burn-in's bit for bit, and M has left its initialisation (Adam counted a step)
-    assert sorted(comp_burn) == sorted(comp3) and not _diff(comp_burn, comp3)
+    # step 2 (collaboration): the competitors (weights, statistics, optimizers) stay the
+    # burn-in's bit for bit, M leaves its initialisation (its Adam counted one step);
+    # step 3 (competition, after the resume): only R, F move
+    assert sorted(comp2) == sorted(comp3) and not _diff(comp2, comp3)
     iterations = [v for k, v in mod3.items()
                   if k.startswith("moderator_optimizer/") and "iteration" in k]
     assert iterations == [1]
+    assert not _diff(mod3, mod4) and _diff(comp3, comp4)
     assert _run(tiny_dataset, burn_in, stop_at_step=3, strategy="coopnet")["step"] == 3
     reproduce_synthetic._copy_run(burn_in, late)
     with pytest.raises(ValueError, match=r"ckpt-3: has no \['moderator_net', "
                                          r"'moderator_optimizer'\] but is at step 3"):
         _run(tiny_dataset, late)
-

@@ -74,17 +74,18 @@ def _checkpoint_tensors(model_dir):
 def test_loop_runs_and_learns(tiny_dataset, tmp_path, distribution):
     model_dir = str(tmp_path / distribution)
     mirrored = distribution == "mirrored"
+    steps = 2 if mirrored else 4     # two checkpoints: after steps / 2 and steps
     extra = [f"train_and_evaluate.distribution = '{distribution}'",
              "train_and_evaluate.num_epochs = 1",
-             "train_and_evaluate.steps_per_epoch = 4",
+             f"train_and_evaluate.steps_per_epoch = {steps}",
              "train_and_evaluate.burn_in_epochs = 0",
-             "train_and_evaluate.steps_per_loop = 4",
+             f"train_and_evaluate.steps_per_loop = {steps}",
              "train_and_evaluate.summary_every_steps = 2",
-             "train_and_evaluate.checkpoint_every_steps = 2",   # 2 calls of 2 steps
+             f"train_and_evaluate.checkpoint_every_steps = {steps // 2}",   # 2 calls
              "train_and_evaluate.keep_checkpoints = 5"]
     if mirrored:   # training only (validation and images are covered by the default run);
         # eager replicas: the same per-replica code and cross-replica reductions without
-        # tracing the step twice (the graph is traced by the default run)
+        # tracing the step twice (the graph is traced by the default run); 2 eager steps
         extra += ["train_and_evaluate.run_eagerly = True",
                   "train_and_evaluate.data_dir = None",
                   f"train_and_evaluate.train_files = '{records.file_pattern(tiny_dataset, 'train')}'",
@@ -93,7 +94,7 @@ def test_loop_runs_and_learns(tiny_dataset, tmp_path, distribution):
         extra += ["train_and_evaluate.image_every_steps = 4"]
     configure(tiny_dataset, *extra)
     result = loop.train_and_evaluate(model_dir=model_dir)
-    assert result["step"] == 4 and result["nonfinite_steps"] == 0
+    assert result["step"] == steps and result["nonfinite_steps"] == 0
     assert os.path.exists(os.path.join(model_dir, run_layout.OPERATIVE_CONFIG))
     config = open(os.path.join(model_dir, run_layout.OPERATIVE_CONFIG)).read()
     assert f"train_and_evaluate.distribution = '{distribution}'" in config
@@ -110,13 +111,13 @@ def test_loop_runs_and_learns(tiny_dataset, tmp_path, distribution):
                 "train/learning_rate_depth_pose", "train/nonfinite_steps"):
         assert tag in scalars and all(np.isfinite(v) for v in scalars[tag]), tag
     # the trainable weights of the three networks change from step to step (checkpoints of
-    # steps 2 and 4). A checkpoint stores each variable once: the trainable weights under
+    # steps / 2 and steps). A checkpoint stores each variable once: the trainable weights under
     # the optimizer that tracks them (`<optimizer>/_trainable_variables/<i>`), leaving only
     # the BatchNorm statistics under `depth_net/...` etc.
     manager_dir = os.path.join(model_dir, run_layout.CHECKPOINT_SUBDIR)
     first, last = (tf.train.load_checkpoint(os.path.join(manager_dir, f"ckpt-{i}"))
-                   for i in (2, 4))
-    names = [n for n, _ in tf.train.list_variables(os.path.join(manager_dir, "ckpt-4"))
+                   for i in (steps // 2, steps))
+    names = [n for n, _ in tf.train.list_variables(os.path.join(manager_dir, f"ckpt-{steps}"))
              if n.split("/")[:2] in (["depth_pose_optimizer", "_trainable_variables"],
                                      ["flow_optimizer", "_trainable_variables"])
              and n.endswith("VARIABLE_VALUE")]
