@@ -21,7 +21,7 @@ TOOLS = {
     "export_gt_depth": (["data_path", "split_file", "output"], ["duplicate_index"]),
     "make_synthetic": (["output_dir"], ["height", "width", "seed"]),
     "convert_torchvision_weights": (["output"], ["num_layers", "pth"]),
-    "tensorboard_images": (["logdir", "tags", "output"], ["step"]),
+    "tensorboard_images": (["logdir", "tags", "output"], ["step", "title"]),
 }
 
 

@@ -23,6 +23,7 @@ flags.DEFINE_string("logdir", None, "Directory of the event files (a run's summa
 flags.DEFINE_list("tags", None, "Image summary tags, e.g. images/target,images/v_mask.")
 flags.DEFINE_integer("step", None, "Step to show; default: the last step with every tag.")
 flags.DEFINE_string("output", None, "PNG file to write.")
+flags.DEFINE_string("title", None, "Figure title (default: the logdir); the step is appended.")
 flags.mark_flags_as_required(["logdir", "tags", "output"])
 
 
@@ -90,7 +91,8 @@ def main(argv):
         step, images = read_images(FLAGS.logdir, FLAGS.tags, FLAGS.step)
     except ValueError as err:
         sys.exit(f"tensorboard_images: {err}")
-    print(save_figure(FLAGS.output, step, images, title=FLAGS.logdir))
+    title = FLAGS.logdir if FLAGS.title is None else FLAGS.title
+    print(save_figure(FLAGS.output, step, images, title=title))
 
 
 if __name__ == "__main__":
