@@ -47,8 +47,9 @@ from coopnet_tf import geometry, specs
 from coopnet_tf.losses import consistency, object_motion, photometric, smoothness
 from coopnet_tf.models import disp_to_depth, motion_branches
 from coopnet_tf.training.step import (Phase, count_nonfinite, grouped_gradients,
-                                      guarded_update, replica_scale, replica_seed,
-                                      tf_variables, to_batch_source, to_source_major)
+                                      guarded_update, nonfinite_counters, replica_scale,
+                                      replica_seed, tf_variables, to_batch_source,
+                                      to_source_major)
 
 PHASE1, PHASE2, PHASE3 = "phase1", "phase2", "phase3"
 PHASES = (PHASE1, PHASE2, PHASE3)
@@ -192,12 +193,7 @@ class LeeTrainStep:
         self.weights = LeeWeights(*weights)
         self.options = options
         self.global_batch_size = global_batch_size
-        self.nonfinite_steps = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.consecutive_nonfinite_steps = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="consecutive_nonfinite_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.nonfinite_steps, self.consecutive_nonfinite_steps = nonfinite_counters()
         self._loss_scaling = isinstance(depth_optimizer, keras.optimizers.LossScaleOptimizer)
         if self._loss_scaling and options.gradient_clip_norm:
             raise ValueError("gradient_clip_norm is not supported with loss scaling "

@@ -268,6 +268,14 @@ def _clip(grads, clip_norm):
     return [None if g is None else next(it) for g in grads]
 
 
+def nonfinite_counters() -> Tuple[tf.Variable, tf.Variable]:
+    """(skipped steps in all, skipped steps in a row: 0 after an applied step; the loop
+    stops a diverged run), counted once per step on any number of replicas."""
+    return tuple(tf.Variable(0, dtype=tf.int64, trainable=False, name=name,
+                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                 for name in ("nonfinite_steps", "consecutive_nonfinite_steps"))
+
+
 def count_nonfinite(total: tf.Variable, consecutive: tf.Variable, increment) -> None:
     """Counters of skipped steps; increment: 1 when this step was skipped, else 0."""
     total.assign_add(increment)
@@ -414,13 +422,7 @@ class CoopTrainStep:
         self.global_batch_size = global_batch_size
         self.residual_flow = len(flow_net.inputs) > 1
         self.strategy_optimizer = apportionment.optimizer
-        self.nonfinite_steps = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        # skipped steps in a row (0 after an applied step): the loop stops a diverged run
-        self.consecutive_nonfinite_steps = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="consecutive_nonfinite_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.nonfinite_steps, self.consecutive_nonfinite_steps = nonfinite_counters()
         self._loss_scaling = isinstance(depth_pose_optimizer, keras.optimizers.LossScaleOptimizer)
         if self._loss_scaling and apportionment.trainable_variables and not isinstance(
                 self.strategy_optimizer, keras.optimizers.LossScaleOptimizer):
