@@ -11,10 +11,6 @@
   the same factories (measured: -20 % CPU time of test_train_loop + test_cc_loop).
 * `fast_graphs` fixture (opt in with `pytestmark = pytest.mark.usefixtures("fast_graphs")`):
   grappler off for a module's few-step runs.
-* Module order: under `pytest -n 2` (setup.cfg: `--dist loadfile
-  --no-loadscope-reorder`) each worker takes whole modules in collection order, so the
-  modules are collected longest first (`LONGEST_MODULES`, measured) and the short ones
-  fill the end: no long module runs alone at the end, no module fixture is built twice.
 """
 import os
 import pathlib
@@ -82,31 +78,3 @@ def tiny_world(tmp_path_factory, size, frames_per_sequence):
         frames_per_sequence=frames_per_sequence, num_objects=4, train_shards=1,
         eval_shards=1)
 
-
-
-# CPU seconds of the slowest modules in the CI run of 2026-12-01 (`--durations`, 2-core
-# machine), longest first; every other module follows in collection order.
-LONGEST_MODULES = (
-    "test_train_loop.py",             # ~220 s
-    "test_benchmarks_smoke.py",       # ~180 s
-    "test_cc_loop.py",                # ~100 s
-    "test_lee_loop.py",               # ~100 s
-    "test_train_step.py",             # ~80 s
-    "test_oracle.py",                 # ~75 s
-    "test_benchmark_lee_smoke.py",    # ~70 s
-    "test_training_reliability.py",   # ~70 s
-    "test_cc_step.py",                # ~55 s
-    "test_export.py",                 # ~50 s
-    "test_lee_step.py",               # ~40 s
-    "test_flow_partner.py",           # ~40 s
-    "test_converters.py",             # ~30 s
-    "test_apportion.py",              # ~30 s
-    "test_models.py",                 # ~20 s
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Longest modules first (a stable sort: tests keep their order within a module)."""
-    del config
-    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
