@@ -886,18 +886,30 @@ def compute_v(delta, dflow, bounds_eta, bounds_x, bounds_y, use_flow_prior=True)
     return v
 
 
-def v_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
+def own_inputs(arr, method: str):
+    """(Δ, Δflow) the arm apportions with: from the ground-truth flow for *_gt_inputs arms,
+    else from its flow net."""
+    if uses_ground_truth_inputs(method):
+        return arr["delta_gt"], arr["dflow_gt"]
+    return arr["delta"], arr["dflow"]
+
+
+def quantiles_of_test_pixels(delta, dflow, valid, eta_zeta):
+    """The exact V_η and V_ζ (x, y) bounds of the test pixels `valid`."""
     eta, zeta = eta_zeta
-    gt_inputs = uses_ground_truth_inputs(method)
-    delta, dflow = (arr["delta_gt"], arr["dflow_gt"]) if gt_inputs else (arr["delta"],
-                                                                        arr["dflow"])
+    return (np.quantile(delta[valid], [0.5 - eta, 0.5 + eta]),
+            np.quantile(dflow[..., 0][valid], [0.5 - zeta, 0.5 + zeta]),
+            np.quantile(dflow[..., 1][valid], [0.5 - zeta, 0.5 + zeta]))
+
+
+def v_metrics(arr, frozen, eta_zeta, method: str) -> Dict[str, object]:
+    delta, dflow = own_inputs(arr, method)
     dom, moving = arr["non_occ"], arr["moving"]
     use_prior = method != "coopnet_no_vzeta"
     result = {"use_flow_prior": use_prior,
-              "inputs": "ground-truth flow" if gt_inputs else "learned flow"}
-    qe = np.quantile(delta[dom], [0.5 - eta, 0.5 + eta])
-    qx = np.quantile(dflow[..., 0][dom], [0.5 - zeta, 0.5 + zeta])
-    qy = np.quantile(dflow[..., 1][dom], [0.5 - zeta, 0.5 + zeta])
+              "inputs": ("ground-truth flow" if uses_ground_truth_inputs(method)
+                         else "learned flow")}
+    qe, qx, qy = quantiles_of_test_pixels(delta, dflow, dom, eta_zeta)
     result["test_quantiles"] = {"eta": qe.tolist(), "zeta_x": qx.tolist(), "zeta_y": qy.tolist()}
     result["V_testq"] = v_detector(compute_v(delta, dflow, qe, qx, qy, use_prior), moving)
     result["V_eta_testq"] = v_detector(compute_v(delta, dflow, qe, qx, qy, False), moving)
@@ -922,13 +934,9 @@ def motion_mask_sets(arr, frozen, eta_zeta, method: str) -> Dict[str, np.ndarray
     arm's own apportionment inputs (GT flow for *_gt_inputs arms) with the test set's
     quantiles (every arm) and the run's frozen ones (coopnet runs), and CC's MaskNet /
     Consensus / Joint masks (CC runs)."""
-    eta, zeta = eta_zeta
-    own = ("delta_gt", "dflow_gt") if uses_ground_truth_inputs(method) else ("delta", "dflow")
-    delta, dflow, dom = arr[own[0]][:, 1], arr[own[1]][:, 1], arr["non_occ"]
+    delta, dflow = (x[:, 1] for x in own_inputs(arr, method))
     use_prior = method != "coopnet_no_vzeta"
-    qe = np.quantile(delta[dom[:, 1]], [0.5 - eta, 0.5 + eta])
-    qx = np.quantile(dflow[..., 0][dom[:, 1]], [0.5 - zeta, 0.5 + zeta])
-    qy = np.quantile(dflow[..., 1][dom[:, 1]], [0.5 - zeta, 0.5 + zeta])
+    qe, qx, qy = quantiles_of_test_pixels(delta, dflow, arr["non_occ"][:, 1], eta_zeta)
     sets = {"V_testq": compute_v(delta, dflow, qe, qx, qy, use_prior)}
     if frozen is not None and method.startswith("coopnet"):
         sets["V_frozen"] = compute_v(delta, dflow, frozen["eta"], frozen["zeta_x"],
