@@ -14,9 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(1, _REPO_ROOT)
+import _common  # noqa: F401  (puts the repository on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("logdir", None, "Directory of the event files (a run's summaries/).")
