@@ -49,7 +49,8 @@ the learned and with the ground-truth flow (``*_delta_density.png``).
 Lee et al. arms (ICCV 2021, issue 17; opt-in, not in ``DEFAULT_METHODS``): ``lee`` (DAM +
 CSAC), ``lee_no_csac`` (``lee.csac = False``), ``lee_no_dam`` (``build_motion_net.dam =
 False``), and ``lee_jitter``, ``lee_no_csac_jitter``, ``lee_no_dam_jitter`` with
-detector-like boxes. They share no burn-in: each trains from scratch with
+detector-like boxes. They share no burn-in with the flow arms: each trains from scratch
+(arms that differ only in CSAC, a phase 2-3 term, share their phase 1) with
 ``--lee_gin_file`` (``gin/lee_synthetic.gin``) and the same world, size, seed, batch and
 total number of steps (num_epochs x steps_per_epoch) as the other arms; Lee Table 1's
 three phases are scaled to num_epochs as equal thirds, phase 3 taking the remainder
@@ -78,6 +79,7 @@ spreads, metadata: machine, versions, command, date, load) and
 (``tests/test_benchmarks_smoke.py`` runs it at a tiny setting).
 """
 import argparse
+import collections
 import dataclasses
 import functools
 import math
@@ -158,6 +160,14 @@ VERDICTS = [
 
 def is_lee(method: str) -> bool:
     return method in LEE_ARMS
+
+
+def lee_phase1_group(method: str) -> str:
+    """The run directory name of a Lee arm's phase 1 when it is shared: CSAC (L_mr) is a
+    phase 2-3 term (Lee Table 1), so arms that differ only in ``lee.csac`` train the same
+    phase 1 (same networks, boxes, data, seed)."""
+    _, dam, noisy = LEE_ARMS[method]
+    return "_lee_phase1" + ("" if dam else "_no_dam") + ("_jitter" if noisy else "")
 
 
 def uses_ground_truth_inputs(method: str) -> bool:
@@ -369,16 +379,21 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     estimation epoch, that checkpoint is kept (``_burn_in_pre_estimation``) and the arm
     resumes from it (the networks' training does not depend on Δ during the burn-in, and a
     resumed run equals an uninterrupted one exactly, see docs/synthetic_benchmark.md).
-    The Lee et al. arms train from scratch (a different method with its own phases).
+    The Lee et al. arms train from scratch (a different method with its own phases); arms
+    that differ only in CSAC share their phase 1 (`lee_phase1_group`) when both are run.
     """
     info: Dict[str, Dict[str, object]] = {}
     total_steps = cfg.num_epochs * cfg.steps_per_epoch
     burn_steps = cfg.burn_in_epochs * cfg.steps_per_epoch
     pre_steps = max(cfg.burn_in_epochs - 1, 0) * cfg.steps_per_epoch   # 1 estimation epoch
     need_pre = any(estimates_quantiles_from_ground_truth(m) for m in cfg.methods)
+    lee_groups = collections.Counter(lee_phase1_group(m) for m in cfg.methods if is_lee(m))
+    lee_phase1_steps = (lee_phase_epochs(cfg.num_epochs)[0] * cfg.steps_per_epoch
+                        if lee_groups else 0)
     for seed in cfg.seeds:
         burn_dir = pre_dir = None
         burn_seconds = 0.0
+        lee_seconds: Dict[str, float] = {}
         if cfg.share_burn_in and 0 < burn_steps < total_steps and \
                 not all(is_lee(m) for m in cfg.methods):
             burn_dir = os.path.join(model_root, f"seed{seed}", "_burn_in")
@@ -400,8 +415,22 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
             run_dir = os.path.join(model_root, f"seed{seed}", method)
             start = time.time()
             source = burn_dir
+            shared_seconds = burn_seconds
             if is_lee(method):
-                source = None       # from scratch: Lee's own three-phase schedule
+                # from scratch: Lee's own three-phase schedule; phase 1 shared by the arms
+                # that differ only in CSAC
+                source = None
+                group = lee_phase1_group(method)
+                if cfg.share_burn_in and lee_groups[group] > 1:
+                    source = os.path.join(model_root, f"seed{seed}", group)
+                    if not _finished(run_dir, total_steps) and \
+                            not _finished(source, lee_phase1_steps):
+                        print(f"[reproduce] seed {seed}: Lee phase 1 shared by the "
+                              f"{group} arms, {lee_phase1_steps} steps", flush=True)
+                        shared_start = time.time()
+                        _train(cfg, source, method, seed, stop_at_step=lee_phase1_steps)
+                        lee_seconds[group] = time.time() - shared_start
+                shared_seconds = lee_seconds.get(group, 0.0)
             elif estimates_quantiles_from_ground_truth(method):
                 source = pre_dir    # None: from scratch (no shared part before estimation)
             if not _finished(run_dir, total_steps):
@@ -413,7 +442,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
                 result = {}
             info[f"{method}/seed{seed}"] = {
                 "model_dir": run_dir, "train_seconds": round(time.time() - start, 1),
-                "shared_burn_in_seconds": round(0.0 if is_lee(method) else burn_seconds, 1),
+                "shared_burn_in_seconds": round(shared_seconds, 1),
                 "resumed_from": source,
                 "final_validation": {k: v for k, v in result.items()
                                      if isinstance(v, (int, float))}}

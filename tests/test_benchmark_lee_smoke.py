@@ -21,6 +21,7 @@
 """
 import json
 import math
+import os
 import pathlib
 import sys
 
@@ -297,3 +298,56 @@ def test_lee_arm_end_to_end(root):
         np.testing.assert_allclose(arr["residual"][:, k], want["residual"].numpy(), atol=1e-5)
         np.testing.assert_allclose(arr["transforms"][:, k], want["transform"].numpy(),
                                    atol=1e-5)
+
+
+def test_lee_arms_that_differ_only_in_csac_share_their_phase_1(tmp_path, monkeypatch):
+    """CSAC is a phase 2-3 term: lee / lee_no_csac (and their jittered pair) resume from
+    one phase-1 run per seed, trained once; the arms without DAM train alone; a restart
+    after the shared phase neither retrains it nor copies it over an arm's progress."""
+    steps, calls = {}, []
+
+    def train(cfg, model_dir, method, seed, stop_at_step=None):
+        name = os.path.relpath(model_dir, tmp_path)
+        calls.append(("train", method, name, stop_at_step))
+        steps[name] = stop_at_step or cfg.num_epochs * cfg.steps_per_epoch
+        return {}
+
+    def copy(src, dst):
+        calls.append(("copy", os.path.relpath(src, tmp_path), os.path.relpath(dst, tmp_path)))
+        steps[os.path.relpath(dst, tmp_path)] = steps[os.path.relpath(src, tmp_path)]
+
+    monkeypatch.setattr(rs, "_train", train)
+    monkeypatch.setattr(rs, "_copy_run", copy)
+    monkeypatch.setattr(rs, "_checkpoint_step",
+                        lambda model_dir: steps.get(os.path.relpath(model_dir, tmp_path), -1))
+    cfg = rs.Config(methods=("lee", "lee_no_csac", "lee_no_dam", "lee_jitter",
+                             "lee_no_csac_jitter"), seeds=(0, 1), num_epochs=5,
+                    steps_per_epoch=90)
+    assert rs.lee_phase_epochs(5)[0] * 90 == 180
+    info = rs.train_all(cfg, str(tmp_path))
+    for seed in (0, 1):
+        s = f"seed{seed}/"
+        shared, jitter = s + "_lee_phase1", s + "_lee_phase1_jitter"
+        mine = [c for c in calls if any(str(x).startswith(s) for x in c[2:])]
+        assert mine == [
+            ("train", "lee", shared, 180), ("copy", shared, s + "lee"),
+            ("train", "lee", s + "lee", None),
+            ("copy", shared, s + "lee_no_csac"), ("train", "lee_no_csac", s + "lee_no_csac", None),
+            ("train", "lee_no_dam", s + "lee_no_dam", None),
+            ("train", "lee_jitter", jitter, 180), ("copy", jitter, s + "lee_jitter"),
+            ("train", "lee_jitter", s + "lee_jitter", None),
+            ("copy", jitter, s + "lee_no_csac_jitter"),
+            ("train", "lee_no_csac_jitter", s + "lee_no_csac_jitter", None)]
+        assert info[f"lee_no_csac/seed{seed}"]["resumed_from"] == str(tmp_path / shared)
+        assert info[f"lee_no_dam/seed{seed}"]["resumed_from"] is None
+    # restart: an arm interrupted after the shared phase keeps its own progress
+    steps["seed0/lee_no_csac"] = 270
+    calls.clear()
+    rs.train_all(cfg, str(tmp_path))
+    assert calls == [("train", "lee_no_csac", "seed0/lee_no_csac", None)]
+    # one arm of a pair alone: no shared phase
+    calls.clear()
+    steps.clear()
+    rs.train_all(rs.Config(methods=("lee_no_csac",), num_epochs=5, steps_per_epoch=90),
+                 str(tmp_path))
+    assert calls == [("train", "lee_no_csac", "seed0/lee_no_csac", None)]
