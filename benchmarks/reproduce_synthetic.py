@@ -680,12 +680,11 @@ def csac_object_masks(residual, depth, boxes, box_mask, moving, alpha=None, beta
                       seed=(CSAC_EVAL_SEED, 0)) -> Dict[str, np.ndarray]:
     """Predicted object masks from CSAC's inliers (Lee Sec. 4.4, Table 5).
 
-    For each snippet and source, `losses.object_motion.csac_loss` (the training loss's own
-    function: Otsu split of the depth inside each box, hypothesis search, Lee Alg. 1 and
-    Eqs. 3-4; vectorised over images and boxes) on the predicted residual r and target
-    depth with the target's boxes; a pixel is object iff the best foreground hypothesis's
-    inlier score exceeds `CSAC_INLIER_THRESHOLD` for one real box that contains it
-    (`eval.object_motion.inlier_segmentation`).
+    For each snippet and source, `eval.object_motion.csac_object_mask` (the training loss's
+    own `csac_loss`, one call for all (snippet, source) pairs) on the predicted residual r
+    and target depth with the target's boxes: a pixel is object iff the best foreground
+    hypothesis's inlier score exceeds `CSAC_INLIER_THRESHOLD` for one real box that
+    contains it.
 
     Args:
       residual: `[B, S, H, W, 3]` predicted residual field per source (the net's units:
@@ -702,8 +701,6 @@ def csac_object_masks(residual, depth, boxes, box_mask, moving, alpha=None, beta
       pixels of any real box); ``moving_box_region`` `[B, S, H, W]` (the pixels of the
       real boxes that contain a GT moving pixel of that source).
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     from coopnet_tf.eval import object_motion as om_eval  # pylint: disable=import-outside-toplevel
     from coopnet_tf.losses import object_motion as motion_losses  # pylint: disable=import-outside-toplevel
     residual = np.asarray(residual, np.float32)
@@ -713,14 +710,10 @@ def csac_object_masks(residual, depth, boxes, box_mask, moving, alpha=None, beta
     box_mask = np.asarray(box_mask, np.float32)
     kwargs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None}
     # images = (snippet, source) pairs, snippet-major; each source sees the target's boxes
-    csac = motion_losses.csac_loss(
-        tf.constant(residual.reshape(b * s, h, w, 3)), tf.constant(np.repeat(depth, s, 0)),
-        tf.constant(np.repeat(boxes, s, 0)), tf.constant(np.repeat(box_mask, s, 0)),
-        seed=seed, **kwargs)
-    inliers = csac["inliers"].numpy()                                     # [B*S, N, H, W]
-    pred = np.stack([om_eval.inlier_segmentation(inl, m, bx, CSAC_INLIER_THRESHOLD)
-                     for inl, m, bx in zip(inliers, np.repeat(box_mask, s, 0),
-                                           np.repeat(boxes, s, 0))]).reshape(b, s, h, w)
+    pred = om_eval.csac_object_mask(
+        residual.reshape(b * s, h, w, 3), np.repeat(depth, s, 0), np.repeat(boxes, s, 0),
+        np.repeat(box_mask, s, 0), CSAC_INLIER_THRESHOLD, seed=seed,
+        **kwargs).reshape(b, s, h, w)
     in_box = motion_losses.box_pixel_masks(boxes, box_mask, h, w).numpy() > 0.5  # [B, N, H, W]
     moving = np.asarray(moving, bool).reshape(b, s, h, w)
     has_moving = (in_box[:, None] & moving[:, :, None]).any(axis=(-2, -1))      # [B, S, N]

@@ -1,4 +1,4 @@
-r"""Evaluation entry point: `python -m coopnet_tf.evaluate SUBCOMMAND ...`, one of the five below.
+r"""Evaluation entry point: `python -m coopnet_tf.evaluate SUBCOMMAND ...`, one of the six below.
 
 Each subcommand prints a table, writes `--output_json` and, with `--plot_dir`, figures.
 The metric math lives in `coopnet_tf/eval/` (numpy); this file only reads files, runs
@@ -17,6 +17,9 @@ SavedModels in the `--predict` / `--saved_model` modes and formats the results.
   scene_flow --gt_dir=training --pred_dir=pred [--saved_model=DIR --image_dir=training/image_2
             [--motion_model=DIR | --flow_dir=FLOW_PNGS] [--calib_dir=calib_cam_to_cam]]
             -> d1_bg d1_fg d1_all d2_bg d2_fg d2_all (Lee et al. Table 4)
+  object_segmentation --gt_dir=training (--pred_masks=masks.npz | --saved_model=DIR
+            --motion_model=DIR [--image_dir] [--calib_dir]) [--boxes_dir=DIR [--box_classes]]
+            -> iou_mean iou_pooled (CSAC inliers > 0.5 in the boxes, Lee et al. Table 5)
 
 See docs/evaluation.md for the full commands from raw datasets.
 """
@@ -33,18 +36,20 @@ from absl import app, flags, logging
 import numpy as np
 
 from coopnet_tf import visualize
+from coopnet_tf.data import boxes as box_io
 from coopnet_tf.eval import depth as depth_eval
 from coopnet_tf.eval import flow as flow_eval
 from coopnet_tf.eval import kitti_flow_io
 from coopnet_tf.eval import motion as motion_eval
+from coopnet_tf.eval import object_motion as om_eval
 from coopnet_tf.eval import odometry as odom_eval
 from coopnet_tf.eval import scene_flow as sf_eval
-from coopnet_tf.eval.inputs import InputError, check_finite, check_png
-from coopnet_tf.eval.resize import resize_bilinear
+from coopnet_tf.eval.inputs import InputError, check_finite, check_png, png_header
+from coopnet_tf.eval.resize import resize_bilinear, resize_nearest
 from coopnet_tf.images import load_image
 from coopnet_tf.run_layout import resolve_saved_model_dir
 
-SUBCOMMANDS = ("depth", "odometry", "flow", "motion", "scene_flow")
+SUBCOMMANDS = ("depth", "odometry", "flow", "motion", "scene_flow", "object_segmentation")
 
 FLAGS = flags.FLAGS
 
@@ -104,13 +109,15 @@ def _define_flags():
     flags.DEFINE_enum("flow_resize", "bilinear", ["bilinear", "nearest"],
                       "Resize of predictions to the GT size (values rescaled).")
     # Motion.
-    flags.DEFINE_string("pred_masks", None, "Predicted masks .npz (key `data`, [N,h,w], 1 = moving).")
+    flags.DEFINE_string("pred_masks", None, "Predicted masks .npz (key `data`, [N,h,w], "
+                        "1 = moving; object_segmentation: 1 = object).")
     flags.DEFINE_string("gt_masks", None, "GT moving masks .npz (key `data`, [N,H,W], 1 = moving).")
     flags.DEFINE_string("semantic_dir", None, "KITTI 2015 semantic maps (label 26 = car): restrict "
                         "the motion IoU to car pixels as CC Table 6.")
     flags.DEFINE_string("eval_regions", None, ".npz (key `data`) of bool regions to evaluate.")
     flags.DEFINE_boolean("pred_is_static", False, "Predicted masks are 1 = static (e.g. V).")
-    flags.DEFINE_float("mask_threshold", 0.5, "Moving iff predicted value > threshold.")
+    flags.DEFINE_float("mask_threshold", 0.5, "Moving iff predicted value > threshold; "
+                       "object_segmentation: object iff CSAC inlier score (or mask) > it.")
     # Scene flow (also uses gt_dir, pred_dir, saved_model, image_dir, median_scaling,
     # pred_depth_scale_factor).
     flags.DEFINE_string("flow_dir", None, "scene_flow --saved_model: KITTI flow PNGs "
@@ -118,13 +125,24 @@ def _define_flags():
                         "into frame t's layout for D2 (without it D2 is computed unwarped).")
     flags.DEFINE_string("motion_model", None, "scene_flow --saved_model: an object-motion "
                         "SavedModel (image_a = t, image_b = t+1 -> transform, residual) whose "
-                        "3-D motion gives the t+1 disparity in frame t's layout for D2.")
-    flags.DEFINE_string("calib_dir", None, "scene_flow --saved_model: KITTI 2015 "
-                        "calib_cam_to_cam/ (<id>.txt, P_rect_02 gives fx per image).")
-    flags.DEFINE_float("fx", sf_eval.KITTI_FX, "scene_flow --saved_model: focal length (px) at "
-                       "the original image size when there is no --calib_dir.")
+                        "3-D motion gives the t+1 disparity in frame t's layout for D2; "
+                        "object_segmentation: the residual r that CSAC segments.")
+    flags.DEFINE_string("calib_dir", None, "scene_flow / object_segmentation --saved_model: "
+                        "KITTI 2015 calib_cam_to_cam/ (<id>.txt, P_rect_02 gives K per image).")
+    flags.DEFINE_float("fx", sf_eval.KITTI_FX, "scene_flow / object_segmentation --saved_model: "
+                       "focal length (px) at the original image size when there is no "
+                       "--calib_dir.")
     flags.DEFINE_float("stereo_baseline", sf_eval.KITTI_BASELINE,
                        "scene_flow --saved_model: stereo baseline (m), disparity = fx b / depth.")
+    # Object segmentation (also uses gt_dir, image_dir, saved_model, motion_model, calib_dir,
+    # fx, pred_masks, mask_threshold).
+    flags.DEFINE_string("boxes_dir", None, "object_segmentation: box files <id>_10.txt (KITTI "
+                        "labels) or <id>_10.json (detector boxes), data/boxes.py; default: the "
+                        "bounding boxes of the obj_map instances.")
+    flags.DEFINE_list("box_classes", ["Car", "Van", "Truck"], "object_segmentation "
+                      "--boxes_dir: the classes whose boxes are used (empty = all).")
+    flags.DEFINE_string("save_pred_masks", None, "object_segmentation --saved_model: save the "
+                        "predicted masks at the network size (.npz, key `data`, [N,h,w]).")
 
 
 # --- Published numbers (../shared/TABLES.md) -------------------------------------------
@@ -147,6 +165,8 @@ PAPER = {
     "scene_flow": ("Lee et al. DAM+CSAC, KITTI Scene Flow 2015 train (Lee Table 4)",
                    dict(d1_bg=0.286, d1_fg=0.325, d1_all=0.298, d2_bg=0.305, d2_fg=0.357,
                         d2_all=0.326)),
+    "object_segmentation": ("Lee et al. 'After reg.' (CSAC), KITTI-VIS, given box prior "
+                            "(Lee Table 5)", dict(iou_mean=0.813)),
 }
 
 
@@ -589,12 +609,28 @@ def kitti2015_intrinsics(calib_dir, name, size, default_fx):
     return K
 
 
-def _object_motion(motion_signature, image_a_path, image_b_path, height, width):
-    """(transform [4, 4] T_a->b, residual [h, w, 3]) of an EXPORT_OBJECT_MOTION SavedModel."""
+def _motion_input_size(motion_signature, height, width):
+    """(height, width) of an object-motion SavedModel: its static input size, else the given."""
+    shape = motion_signature.structured_input_signature[1]["image_a"].shape
+    mh, mw = (shape[1], shape[2]) if shape.rank == 4 else (None, None)
+    return (int(mh), int(mw)) if mh and mw else (height, width)
+
+
+def _object_motion(motion_signature, image_a_path, image_b_path, height, width, K):
+    """(transform [4, 4] T_a->b, residual [h, w, 3]) of an EXPORT_OBJECT_MOTION SavedModel.
+
+    `K` [3, 3] of the original image size goes, scaled to (height, width) (fx, cx by
+    width / W; fy, cy by height / H), to the model's `intrinsics` input (Lee's export has
+    one: stage 1's forward projection); a signature without that input gets none.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    a, _ = load_image(image_a_path, height, width)
+    a, (h_full, w_full) = load_image(image_a_path, height, width)
     b, _ = load_image(image_b_path, height, width)
-    out = motion_signature(image_a=tf.constant(a[None]), image_b=tf.constant(b[None]))
+    inputs = {"image_a": tf.constant(a[None]), "image_b": tf.constant(b[None])}
+    if "intrinsics" in motion_signature.structured_input_signature[1]:
+        scaled = np.diag([width / w_full, height / h_full, 1.0]) @ np.asarray(K, np.float64)
+        inputs["intrinsics"] = tf.constant(scaled[None], tf.float32)
+    out = motion_signature(**inputs)
     return out["transform"].numpy()[0].astype(np.float64), out["residual"].numpy()[0]
 
 
@@ -649,11 +685,9 @@ def predict_scene_flow_dir(signature, image_dir, pred_dir, names, height, width,
                for k in (0, 1)]
         disp = [fxb * inv[0], fxb * inv[1]]
         if motion_signature is not None:
-            shape = motion_signature.structured_input_signature[1]["image_a"].shape
-            mh, mw = (shape[1], shape[2]) if shape.rank == 4 else (None, None)
-            mh, mw = (mh, mw) if mh and mw else (height, width)
+            mh, mw = _motion_input_size(motion_signature, height, width)
             transform, residual = _object_motion(motion_signature, paths[2 * i],
-                                                 paths[2 * i + 1], mh, mw)
+                                                 paths[2 * i + 1], mh, mw, K)
             residual = resize_bilinear(residual, h_full, w_full)
             disp[1] = sf_eval.disparity_after_motion(1.0 / inv[0], transform, residual, K, fxb)
         elif flow_dir:
@@ -749,8 +783,182 @@ def run_scene_flow():
                    f"fractions pooled over pixels)", sf_eval.METRIC_NAMES, result, "scene_flow")
 
 
+# --- object segmentation (Lee et al. Table 5) --------------------------------------------
+
+def _box_class_ids(names):
+    """`CLASSES` ids of the --box_classes names; None (every class) for an empty list."""
+    if not names:
+        return None
+    try:
+        return [box_io.class_id(n, "--box_classes") for n in names]
+    except box_io.BoxFormatError as err:
+        raise app.UsageError(str(err)) from err
+
+
+def segmentation_boxes(boxes_dir, name, class_ids, size):
+    """Boxes `[n, 4]` (x1, y1, x2, y2; pixels of the image, `size` = (height, width)) of
+    KITTI 2015 image `name` from `boxes_dir/<id>_10.txt` (KITTI labels) or `.json`
+    (`data/boxes.read_boxes`): only the classes `class_ids` (None = all), clipped to the
+    image (boxes outside it dropped)."""
+    stem = os.path.splitext(name)[0]
+    found = [p for p in (os.path.join(boxes_dir, stem + ext) for ext in (".txt", ".json"))
+             if os.path.isfile(p)]
+    if not found:
+        raise InputError(f"missing box file {os.path.join(boxes_dir, stem)}.txt or .json "
+                         f"(--boxes_dir, the boxes of {name})")
+    if len(found) > 1:
+        raise InputError(f"{found[0]} and {found[1]}: two box files for {name}; keep one")
+    try:
+        rows = box_io.read_boxes(found[0])
+    except box_io.BoxFormatError as err:
+        raise InputError(str(err)) from err
+    if class_ids is not None:
+        rows = rows[np.isin(rows[:, 5].astype(np.int64), class_ids)]
+    return box_io.clip_boxes(rows, *size)[:, :4]
+
+
+def predict_object_masks(signature, motion_signature, image_paths, boxes, height, width,
+                         batch_size, intrinsics, threshold=om_eval.CSAC_THRESHOLD):
+    """CSAC object masks of image pairs from a Lee run's SavedModels (Lee Table 5).
+
+    Per pair (t, t+1): depth at t from the depth model (EXPORT_DEPTH, input `height` x
+    `width`), the residual r of t -> t+1 from the object-motion model (EXPORT_OBJECT_MOTION,
+    at its own input size; the depth is resized bilinearly to it when they differ), the
+    boxes scaled to that size (`data/boxes.scale_boxes`), then
+    `eval.object_motion.csac_object_mask` (seed (0, i) for pair i).
+
+    Args:
+      image_paths: list of (path_t, path_t+1).
+      boxes: list of `[n_i, 4]` boxes in pixels of the original images.
+      intrinsics: list of K `[3, 3]` of the original images.
+
+    Returns:
+      bool `[N, h, w]` at the object-motion model's input size.
+    """
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    inv_depth = predict_disparities(signature, [a for a, _ in image_paths], height, width,
+                                    batch_size)
+    check_finite(inv_depth, "inverse depth", "output of the depth SavedModel", positive=True)
+    mh, mw = _motion_input_size(motion_signature, height, width)
+    masks = []
+    for i, ((path_a, path_b), rows, K) in enumerate(zip(image_paths, boxes, intrinsics)):
+        with Image.open(path_a) as im:
+            w_full, h_full = im.size
+        _, residual = _object_motion(motion_signature, path_a, path_b, mh, mw, K)
+        inv = inv_depth[i] if inv_depth.shape[1:] == (mh, mw) else resize_bilinear(
+            inv_depth[i], mh, mw)
+        scaled = box_io.scale_boxes(np.pad(np.asarray(rows, np.float32).reshape(-1, 4),
+                                           ((0, 0), (0, 2))), mw / w_full, mh / h_full)[:, :4]
+        masks.append(om_eval.csac_object_mask(
+            residual[None], 1.0 / inv[None], scaled[None], np.ones((1, len(scaled))),
+            threshold, seed=(0, i))[0])
+        logging.info("CSAC object masks %d/%d", i + 1, len(image_paths))
+    return np.stack(masks)
+
+
+def _write_masks_npz(path, masks):
+    """`masks` as `.npz` (key `data`), written atomically like `write_json`."""
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=".tmp_", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, data=masks)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _predict_segmentation(names, gts, obj_dir):
+    """--saved_model mode of `object_segmentation`: (masks [N, h, w], JSON fields)."""
+    image_dir = FLAGS.image_dir or os.path.join(FLAGS.gt_dir, "image_2")
+    class_ids = _box_class_ids(FLAGS.box_classes) if FLAGS.boxes_dir else None
+    pairs, boxes, intrinsics = [], [], []
+    for name, gt in zip(names, gts):
+        pair = [os.path.join(image_dir, n) for n in (name, name.replace("_10.", "_11."))]
+        for path in pair:
+            if not os.path.isfile(path):
+                raise InputError(f"missing image {path} (frame pair of {obj_dir}/{name})")
+            height, width = png_header(path)[:2]
+            if (height, width) != gt.shape:
+                raise InputError(f"{path} is {height}x{width} but {obj_dir}/{name} is "
+                                 f"{gt.shape[0]}x{gt.shape[1]}")
+        pairs.append(tuple(pair))
+        boxes.append(segmentation_boxes(FLAGS.boxes_dir, name, class_ids, gt.shape)
+                     if FLAGS.boxes_dir else om_eval.instance_boxes(gt))
+        intrinsics.append(kitti2015_intrinsics(FLAGS.calib_dir, name, gt.shape, FLAGS.fx))
+    signature = load_signature(FLAGS.saved_model)
+    height, width = model_input_size(signature, "image")
+    motion = load_signature(FLAGS.motion_model)
+    masks = predict_object_masks(signature, motion, pairs, boxes, height, width,
+                                 FLAGS.batch_size, intrinsics, FLAGS.mask_threshold)
+    if FLAGS.save_pred_masks:
+        _write_masks_npz(FLAGS.save_pred_masks, masks.astype(np.uint8))
+        print(f"wrote {len(masks)} masks to {FLAGS.save_pred_masks}")
+    source = (f"--boxes_dir={FLAGS.boxes_dir}, classes "
+              f"{','.join(FLAGS.box_classes) if class_ids else 'all'}" if FLAGS.boxes_dir else
+              "GT instances: the bounding box of each obj_map instance")
+    return masks, {
+        "box_source": source, "saved_model": FLAGS.saved_model,
+        "motion_model": FLAGS.motion_model, "network_size": list(masks.shape[1:]),
+        "intrinsics": (f"{FLAGS.calib_dir} (P_rect_02)" if FLAGS.calib_dir else
+                       f"--fx={FLAGS.fx:g}, principal point at the image centre")
+                      + ", scaled to the network size",
+        "csac_seed": "(0, i) for image i", "n_boxes": [int(len(b)) for b in boxes]}
+
+
+def run_object_segmentation():
+    """`object_segmentation` subcommand: IoU of CSAC's inlier masks with obj_map > 0 (Lee
+    Table 5), from --pred_masks or predicted with --saved_model and --motion_model."""
+    _require("gt_dir")
+    if bool(FLAGS.pred_masks) == bool(FLAGS.saved_model):
+        raise app.UsageError("object_segmentation needs --pred_masks or --saved_model "
+                             "(with --motion_model), not both")
+    if FLAGS.pred_masks and (FLAGS.boxes_dir or FLAGS.save_pred_masks):
+        raise app.UsageError("--boxes_dir and --save_pred_masks go with --saved_model")
+    obj_dir = os.path.join(FLAGS.gt_dir, "obj_map")
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(obj_dir, "*_10.png")))
+    if not names:
+        raise InputError(f"{obj_dir}: no object maps <id>_10.png (KITTI 2015 obj_map/)")
+    gts = [kitti_flow_io.read_label_png(os.path.join(obj_dir, n)) for n in names]
+    if FLAGS.saved_model:
+        _require("motion_model")
+        masks, meta = _predict_segmentation(names, gts, obj_dir)
+    else:
+        masks = _load_npz_data(FLAGS.pred_masks)
+        if len(masks) != len(names):
+            raise InputError(f"{FLAGS.pred_masks}: {len(masks)} masks for the {len(names)} "
+                             f"object maps of {obj_dir}")
+        meta = {"box_source": "unknown: precomputed masks", "pred_masks": FLAGS.pred_masks}
+    preds = []
+    for i, (mask, gt) in enumerate(zip(masks, gts)):
+        mask = np.asarray(mask, np.float32)
+        if mask.ndim != 2:
+            raise InputError(f"{FLAGS.pred_masks or 'predicted masks'}: mask {i} has shape "
+                             f"{mask.shape}; expected [h, w]")
+        preds.append(resize_nearest(mask, *gt.shape) > FLAGS.mask_threshold)
+    result = om_eval.segmentation_iou(preds, [g > 0 for g in gts])
+    result["per_image"] = [{"name": n, "iou": v} for n, v in zip(names, result["per_image"])]
+    result.update(meta, threshold=FLAGS.mask_threshold,
+                  gt="obj_map > 0 (every pixel of the image is evaluated)",
+                  resize="masks resized to the GT size by nearest neighbour")
+    if FLAGS.plot_dir:
+        from coopnet_tf.eval import plots  # pylint: disable=import-outside-toplevel
+        for name, pred, gt in list(zip(names, preds, gts))[:5]:
+            plots.save_mask_comparison(os.path.join(
+                FLAGS.plot_dir, f"{os.path.splitext(name)[0]}_segmentation.png"), pred, gt > 0)
+    return _report(f"object segmentation IoU, CSAC inliers > {FLAGS.mask_threshold:g} "
+                   f"(KITTI 2015 obj_map, {result['n_images']} images; boxes: "
+                   f"{result['box_source']})", ("iou_mean", "iou_pooled", "n_images"), result,
+                   "object_segmentation")
+
+
 RUNNERS = {"depth": run_depth, "odometry": run_odometry, "flow": run_flow, "motion": run_motion,
-           "scene_flow": run_scene_flow}
+           "scene_flow": run_scene_flow, "object_segmentation": run_object_segmentation}
 
 
 def main(argv):

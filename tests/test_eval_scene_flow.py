@@ -220,24 +220,39 @@ def _save_depth_model(path):
     tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
 
 
-def _save_motion_model(path, residual):
+def _save_motion_model(path, residual, expected_K=None):
     """An EXPORT_OBJECT_MOTION-like SavedModel: camera t -> t+1 moves 0.5 m forward
-    (X_b = X_a + (0, 0, -0.5)), residual object motion `residual` [H, W, 3]."""
+    (X_b = X_a + (0, 0, -0.5)), residual object motion `residual` [H, W, 3]. With
+    `expected_K` it also takes `intrinsics` [B, 3, 3] (as Lee's export does) and fails
+    unless it gets `expected_K`."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     transform = np.eye(4, dtype=np.float32)
     transform[2, 3] = -0.5
+    images = [tf.TensorSpec([None, H, W, 3], tf.float32, name="image_a"),
+              tf.TensorSpec([None, H, W, 3], tf.float32, name="image_b")]
+
+    def outputs(image_a, image_b):
+        b = tf.shape(image_a)[0]
+        return {"transform": tf.tile(tf.constant(transform)[None], [b, 1, 1]),
+                "residual": tf.tile(tf.constant(residual, tf.float32)[None], [b, 1, 1, 1])
+                + 0.0 * image_b[..., :1],
+                "pose_vector": tf.zeros([b, 6])}
 
     class Motion(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, H, W, 3], tf.float32, name="image_a"),
-                                      tf.TensorSpec([None, H, W, 3], tf.float32, name="image_b")])
+        @tf.function(input_signature=images)
         def serve(self, image_a, image_b):
-            b = tf.shape(image_a)[0]
-            return {"transform": tf.tile(tf.constant(transform)[None], [b, 1, 1]),
-                    "residual": tf.tile(tf.constant(residual, tf.float32)[None], [b, 1, 1, 1])
-                    + 0.0 * image_b[..., :1],
-                    "pose_vector": tf.zeros([b, 6])}
+            return outputs(image_a, image_b)
 
-    m = Motion()
+    class MotionWithIntrinsics(tf.Module):
+        @tf.function(input_signature=images + [
+            tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics")])
+        def serve(self, image_a, image_b, intrinsics):
+            check = tf.debugging.assert_near(intrinsics[0], tf.constant(expected_K, tf.float32),
+                                             atol=1e-4, message="intrinsics")
+            with tf.control_dependencies([check]):
+                return outputs(image_a, image_b)
+
+    m = Motion() if expected_K is None else MotionWithIntrinsics()
     tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
 
 
@@ -288,6 +303,16 @@ def test_saved_model_mode_scale_alignment_and_d2_warp(tmp_path):
         motion_signature=evaluate.load_signature(str(tmp_path / "motion")))
     res = sf.evaluate_scene_flow_dirs(str(tmp_path / "gt"), str(tmp_path / "pred_motion"))
     assert res["d1_all"] == 0.0 and res["d2_all"] == 0.0 and res["counts"]["d2"]["n_valid_fg"] > 0
+    # Lee's object_motion export also takes the intrinsics (stage 1): K of the original
+    # image (here the default fx and the image centre, the image at the model's size)
+    K = evaluate.kitti2015_intrinsics(None, "000000_10.png", (H, W), sf.KITTI_FX)
+    _save_motion_model(tmp_path / "motion_k", residual, expected_K=K)
+    evaluate.predict_scene_flow_dir(
+        signature, str(tmp_path / "image_2"), str(tmp_path / "pred_motion_k"),
+        ["000000_10.png"], H, W, 2, gt_dir=str(tmp_path / "gt"),
+        motion_signature=evaluate.load_signature(str(tmp_path / "motion_k")))
+    res = sf.evaluate_scene_flow_dirs(str(tmp_path / "gt"), str(tmp_path / "pred_motion_k"))
+    assert res["d1_all"] == 0.0 and res["d2_all"] == 0.0
     res = sf.evaluate_scene_flow_dirs(str(tmp_path / "gt"), str(tmp_path / "pred_warped"))
     assert res["d2_fg"] > 0.5          # the flow-warped static depth misses the object motion
 

@@ -6,11 +6,15 @@
   `[NUM_SOURCES, H, W, 3]` per snippet; r = 0 on static pixels.
 * Object segmentation IoU from CSAC inliers (Lee Table 5, Sec. 4.4): a pixel is predicted
   "object" iff the inlier score of the best hypothesis (Lee Eq. 4) exceeds 0.5 for one of
-  the image's real boxes (and lies inside that box when the boxes are given).
+  the image's real boxes (and lies inside that box when the boxes are given);
+  `csac_object_mask` runs the training loss's own CSAC (TensorFlow, imported on call) on a
+  residual field and thresholds it so; `instance_boxes` gives the "box prior" of an
+  instance map.
 """
 import numpy as np
 
 MOVING_EPS = 1e-6  # |r_gt| above this (metres) = a moving pixel when no mask is given
+CSAC_THRESHOLD = 0.5  # Lee Sec. 4.4: "inlier scores (threshold of 0.5)"
 
 
 def _mask(mask, shape):
@@ -57,7 +61,7 @@ def object_motion_error(pred, gt, moving=None, valid=None):
             "n_moving": int(m.sum()), "n_static": int(s.sum())}
 
 
-def inlier_segmentation(inliers, box_mask, boxes=None, threshold=0.5):
+def inlier_segmentation(inliers, box_mask, boxes=None, threshold=CSAC_THRESHOLD):
     """CSAC inlier scores -> predicted object mask of one image.
 
     Args:
@@ -82,6 +86,67 @@ def inlier_segmentation(inliers, box_mask, boxes=None, threshold=0.5):
                   (ys >= b[:, 1, None, None]) & (ys <= b[:, 3, None, None]))
         sel &= inside
     return sel.any(axis=0)
+
+
+def csac_object_mask(residual, depth, boxes, box_mask, threshold=CSAC_THRESHOLD, seed=(0, 0),
+                     **csac_kwargs):
+    """CSAC's object masks of a batch of images (Lee Sec. 4.4, Table 5).
+
+    `losses.object_motion.csac_loss` (the training loss's own function: Otsu split of the
+    depth inside each box, hypothesis search, Lee Alg. 1 and Eqs. 3-4) on the residual
+    field and target depth, one call for the whole batch; then `inlier_segmentation` per
+    image: object iff the best foreground hypothesis's inlier score > `threshold` for one
+    real box that contains the pixel (union over the real boxes).
+
+    Args:
+      residual: `[B, H, W, 3]` residual motion field r (target camera; Eq. 3 is a ratio,
+        so the field's units do not matter).
+      depth: `[B, H, W]` or `[B, H, W, 1]` target depth (any positive scale).
+      boxes: `[B, N, 4]` (x1, y1, x2, y2) in pixels of this resolution.
+      box_mask: `[B, N]` 1 = a real box, 0 = padding.
+      threshold: 0.5 (Lee).
+      seed: `[2]` seed of CSAC's hypothesis sampling.
+      **csac_kwargs: further arguments of `csac_loss` (alpha, beta, num_hypotheses, ...).
+
+    Returns:
+      bool `[B, H, W]`; all False for an image without real boxes.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from coopnet_tf.losses.object_motion import csac_loss  # pylint: disable=import-outside-toplevel
+    residual = np.asarray(residual, np.float32)
+    if residual.ndim != 4 or residual.shape[-1] != 3:
+        raise ValueError(f"residual must be [B, H, W, 3], got {residual.shape}")
+    b, h, w, _ = residual.shape
+    depth = np.asarray(depth, np.float32).reshape(b, h, w, 1)
+    boxes = np.asarray(boxes, np.float32).reshape(b, -1, 4)
+    box_mask = np.asarray(box_mask, np.float32).reshape(b, -1)
+    if boxes.shape[1] == 0 or not box_mask.any():
+        return np.zeros((b, h, w), bool)
+    out = csac_loss(tf.constant(residual), tf.constant(depth), tf.constant(boxes),
+                    tf.constant(box_mask), seed=seed, **csac_kwargs)
+    inliers = out["inliers"].numpy()                                     # [B, N, H, W]
+    return np.stack([inlier_segmentation(inl, m, bx, threshold)
+                     for inl, m, bx in zip(inliers, box_mask, boxes)])
+
+
+def instance_boxes(instance_map):
+    """Bounding boxes of the instances of a label map (the "given box prior" of Lee Table 5
+    when the GT is an instance map such as KITTI 2015's `obj_map`).
+
+    Args:
+      instance_map: int `[H, W]`, 0 = background, k > 0 = instance k.
+
+    Returns:
+      float32 `[n, 4]` rows (x1, y1, x2, y2) = the first and last column and row of each
+      instance (pixel centres, as `data/boxes.py`), in increasing instance id.
+    """
+    ids = np.asarray(instance_map)
+    rows = []
+    for k in np.unique(ids[ids > 0]):
+        ys, xs = np.nonzero(ids == k)
+        rows.append([xs.min(), ys.min(), xs.max(), ys.max()])
+    return np.array(rows, np.float32).reshape(-1, 4)
 
 
 def segmentation_iou(pred_masks, gt_masks, regions=None):
