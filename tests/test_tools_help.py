@@ -22,6 +22,7 @@ TOOLS = {
     "make_synthetic": (["output_dir"], ["height", "width", "seed"]),
     "convert_torchvision_weights": (["output"], ["num_layers", "pth"]),
     "tensorboard_images": (["logdir", "tags", "output"], ["step", "title"]),
+    "kitti_class_heights": (["label_dir"], ["output", "progress"]),
 }
 
 

@@ -314,7 +314,8 @@ def height_prior_loss(depth, boxes, box_mask, K, box_classes=None, class_heights
       boxes: `[B, N, 4]` in pixels of this resolution.
       box_mask: `[B, N]`.
       K: `[B, 3, 3]` at this resolution.
-      box_classes: `[B, N]` int class ids (needed with `class_heights`).
+      box_classes: `[B, N]` int class ids (needed with `class_heights`; padding rows,
+        id -1, are read as class 0 and masked out by `box_mask`).
       class_heights: `[C]` heights (m) per class id, or None: `DEFAULT_OBJECT_HEIGHT`.
       object_mask: `[B, N, H, W]` optional pixel subset of each box (no gradient).
       min_box_height: px.
@@ -322,6 +323,9 @@ def height_prior_loss(depth, boxes, box_mask, K, box_classes=None, class_heights
     Returns:
       scalar float32 (0 without valid boxes).
     """
+    if class_heights is not None and box_classes is None:
+        raise ValueError("height_prior_loss: class_heights needs box_classes (the batch's "
+                         "`box_classes` of the same boxes)")
     depth = _f32(depth)
     boxes = _f32(boxes)
     _, h, w, _ = warp._static_dims(depth)

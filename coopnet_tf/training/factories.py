@@ -30,7 +30,8 @@ phases of Lee et al.'s Table 1).
 The math (geometry, losses, apportionment classes, the step) stays gin-free.
 """
 import inspect
-from typing import NamedTuple
+import math
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import gin
 import numpy as np
@@ -38,8 +39,8 @@ from absl import logging
 
 from coopnet_tf import models, summaries  # models: registers build_*_net
 from coopnet_tf.data import pipeline  # noqa: F401  (registers make_dataset)
-from coopnet_tf.data import synthetic
-from coopnet_tf.losses import apportion, competitive_strategy
+from coopnet_tf.data import boxes, synthetic
+from coopnet_tf.losses import apportion, competitive_strategy, object_motion
 from coopnet_tf.training import distribution, lee_step, optimizers
 from coopnet_tf.training.step import CoopTrainStep, LossWeights, Phase, StepOptions
 
@@ -280,6 +281,38 @@ class LeeSettings(NamedTuple):
     phase2_epochs: int
 
 
+def _class_height_table(class_heights: Optional[Dict[str, float]]) -> Optional[Tuple[float, ...]]:
+    """`lee.class_heights` (class name -> H_c in m) as a tuple indexed by `boxes.CLASSES`
+    ids; classes not named get `object_motion.DEFAULT_OBJECT_HEIGHT`. None stays None.
+
+    Raises:
+      ValueError: not a dict, a name not in `boxes.CLASSES` (case-insensitive) or given
+        twice, or a height that is not a finite number > 0.
+    """
+    if class_heights is None:
+        return None
+    if not isinstance(class_heights, dict):
+        raise ValueError("lee.class_heights must be a dict {class name: height in m}, got "
+                         f"{class_heights!r}")
+    table = [object_motion.DEFAULT_OBJECT_HEIGHT] * len(boxes.CLASSES)
+    seen = {}
+    for name, height in class_heights.items():
+        key = name.strip().lower() if isinstance(name, str) else None
+        if key not in boxes.CLASS_IDS:
+            raise ValueError(f"lee.class_heights: unknown class {name!r}; the classes are "
+                             f"{boxes.CLASSES} (case-insensitive)")
+        if key in seen:
+            raise ValueError(f"lee.class_heights: class {name!r} given twice "
+                             f"(also as {seen[key]!r})")
+        seen[key] = name
+        if (isinstance(height, bool) or not isinstance(height, (int, float))
+                or not math.isfinite(height) or height <= 0):
+            raise ValueError(f"lee.class_heights[{name!r}]: the height must be a number of "
+                             f"metres > 0, got {height!r}")
+        table[boxes.CLASS_IDS[key]] = float(height)
+    return tuple(table)
+
+
 @gin.configurable
 def lee(csac: bool = _LEE_OPTIONS["csac"],
         phase1_epochs: int = 10,
@@ -293,6 +326,7 @@ def lee(csac: bool = _LEE_OPTIONS["csac"],
         csac_alpha: float = _LEE_OPTIONS["csac_alpha"],
         csac_beta: float = _LEE_OPTIONS["csac_beta"],
         motion_smoothness_tau: float = _LEE_OPTIONS["motion_smoothness_tau"],
+        class_heights: Optional[Dict[str, float]] = None,
         gradient_clip_norm=_LEE_OPTIONS["gradient_clip_norm"]) -> LeeSettings:
     """Lee et al.'s settings (`train_and_evaluate.method = 'lee'`; docs/lee.md).
 
@@ -308,6 +342,10 @@ def lee(csac: bool = _LEE_OPTIONS["csac"],
       rotation_mode: ego-motion parametrisation ('axis_angle' as the pose net).
       csac_alpha, csac_beta: Lee Eq. 4 (30, 0.2).
       motion_smoothness_tau: τ of Lee Eq. 7 (0.1).
+      class_heights: L_h's object height H_c per class, {name of `boxes.CLASSES`
+        (case-insensitive): metres}, e.g. ``{'Car': h_car, 'Pedestrian': h_ped}``; classes
+        not named get `object_motion.DEFAULT_OBJECT_HEIGHT` (1.53 m). None: 1.53 m for
+        every box. ``tools/kitti_class_heights.py`` computes it from KITTI labels.
       gradient_clip_norm: global-norm clipping per optimizer (None: off).
     """
     if int(phase1_epochs) < 1 or int(phase2_epochs) < 1:
@@ -319,6 +357,7 @@ def lee(csac: bool = _LEE_OPTIONS["csac"],
         csac=bool(csac), automask=bool(automask), rotation_mode=rotation_mode,
         csac_alpha=float(csac_alpha), csac_beta=float(csac_beta),
         motion_smoothness_tau=float(motion_smoothness_tau),
+        class_heights=_class_height_table(class_heights),
         gradient_clip_norm=gradient_clip_norm)
     return LeeSettings(weights, options, int(phase1_epochs), int(phase2_epochs))
 

@@ -91,6 +91,8 @@ class LeeOptions(NamedTuple):
     csac_alpha: float = 30.0      # α of the soft inlier count (Lee Eq. 4)
     csac_beta: float = 0.2        # β
     motion_smoothness_tau: float = 0.1   # τ of Lee Eq. 7
+    # L_h's H_c per `data/boxes.CLASSES` id (m); None: DEFAULT_OBJECT_HEIGHT for every box
+    class_heights: Optional[Tuple[float, ...]] = None
     gradient_clip_norm: Optional[float] = None
     jit_compile: bool = False     # XLA-compile the forward
     seed: int = 0
@@ -358,8 +360,11 @@ class LeeTrainStep:
                                                                      fwd["target"])
             terms["smooth_depth"] = w.s
         if w.h > 0:
+            classes = batch.get(specs.KEY_BOX_CLASSES)
             losses["height_prior"] = object_motion.height_prior_loss(
-                fwd["depth"], boxes, box_mask, fwd["intrinsics"])
+                fwd["depth"], boxes, box_mask, fwd["intrinsics"],
+                box_classes=None if classes is None else classes[:, specs.TARGET_INDEX],
+                class_heights=opts.class_heights)
             terms["height_prior"] = w.h
         if p2:
             residual = fwd["residual"]
