@@ -97,6 +97,18 @@ def test_each_phase_updates_only_its_networks(batch):
     assert float(out["train/nonfinite"]) == 0.0 and "losses/csac" in out
     d, e, r = (_changed(b, v) for b, v in zip(before, (depth_all, ego, residual_only)))
     assert not any(d) and sum(e) > MOVED * len(e) and sum(r) > MOVED_RESIDUAL * len(r)
+    # Lee Sec. 4.1's balance rule in TensorBoard: λ_k L_k / (λ_p L_p) per term, and the
+    # total is Σ λ_k L_k (the λ of each term named here, independently of the step's table)
+    w = step.weights
+    lam = {"geometric": w.g, "smooth_depth": w.s, "height_prior": w.h, "csac": w.mr,
+           "motion_smooth": w.ms, "motion_sparsity": w.mp}
+    loss = {k: float(out[f"losses/{k}"]) for k in ["photometric", *lam]}
+    assert {k.split("/")[1] for k in out if k.startswith("loss_ratio/")} == set(lam)
+    for k, weight in lam.items():
+        np.testing.assert_allclose(float(out[f"loss_ratio/{k}"]),
+                                   weight * loss[k] / (w.p * loss["photometric"]), rtol=1e-5)
+    np.testing.assert_allclose(float(out["losses/total"]), w.p * loss["photometric"] + sum(
+        weight * loss[k] for k, weight in lam.items()), rtol=1e-5)
     assert int(step.depth_optimizer.iterations.numpy()) == 1
     assert int(step.motion_optimizer.iterations.numpy()) == 2
 

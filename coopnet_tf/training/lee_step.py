@@ -81,6 +81,13 @@ class LeeWeights(NamedTuple):
     mc: float = 0.05    # λ_mc motion consistency
 
 
+# loss term (``losses/<term>`` in TensorBoard) -> its `LeeWeights` field
+PHOTOMETRIC = "photometric"
+TERM_WEIGHTS = {PHOTOMETRIC: "p", "geometric": "g", "smooth_depth": "s", "height_prior": "h",
+                "csac": "mr", "motion_smooth": "ms", "motion_sparsity": "mp",
+                "motion_consistency": "mc"}
+
+
 class LeeOptions(NamedTuple):
     """Static options of `LeeTrainStep` (gin: `factories.lee`)."""
     csac: bool = True             # L_mr on (Lee Table 3 "CSAC" column)
@@ -348,24 +355,20 @@ class LeeTrainStep:
             fwd["phi"] * (1.0 - tf.stop_gradient(fwd["depth_diff"])),
             fwd["phi_identity"] if opts.automask else None, mask=valid,
             seed=tf.random.experimental.stateless_fold_in(seed, 0))
-        losses = {"photometric": tf.math.divide_no_nan(tf.reduce_sum(loss_map),
+        losses = {PHOTOMETRIC: tf.math.divide_no_nan(tf.reduce_sum(loss_map),
                                                        tf.reduce_sum(valid_min))}
-        terms = {"photometric": w.p}
         if w.g > 0:
             losses["geometric"] = tf.math.divide_no_nan(
                 tf.reduce_sum(fwd["depth_diff"] * valid), tf.reduce_sum(valid))
-            terms["geometric"] = w.g
         if w.s > 0:
             losses["smooth_depth"] = smoothness.disparity_smoothness(fwd["disparity"],
                                                                      fwd["target"])
-            terms["smooth_depth"] = w.s
         if w.h > 0:
             classes = batch.get(specs.KEY_BOX_CLASSES)
             losses["height_prior"] = object_motion.height_prior_loss(
                 fwd["depth"], boxes, box_mask, fwd["intrinsics"],
                 box_classes=None if classes is None else classes[:, specs.TARGET_INDEX],
                 class_heights=opts.class_heights)
-            terms["height_prior"] = w.h
         if p2:
             residual = fwd["residual"]
             depth_rep = _stack([fwd["depth"]] * num_src)
@@ -375,22 +378,32 @@ class LeeTrainStep:
                     alpha=opts.csac_alpha, beta=opts.csac_beta,
                     seed=tf.random.experimental.stateless_fold_in(seed, 1))
                 losses["csac"] = csac["loss"]
-                terms["csac"] = w.mr
                 fwd["csac_inliers"] = csac["inliers"]
             if w.ms > 0:
                 losses["motion_smooth"] = object_motion.motion_smoothness(
                     residual, depth_rep, tau=opts.motion_smoothness_tau)
-                terms["motion_smooth"] = w.ms
             if w.mp > 0:
                 losses["motion_sparsity"] = object_motion.motion_sparsity(residual)
-                terms["motion_sparsity"] = w.mp
             if w.mc > 0:
                 losses["motion_consistency"] = object_motion.motion_consistency(
                     residual, fwd["transforms"], fwd["residual_backward"],
                     fwd["transforms_backward"], fwd["flow"], mask=to_source_major(valid))
-                terms["motion_consistency"] = w.mc
-        losses["total"] = tf.add_n([weight * losses[k] for k, weight in terms.items()])
+        losses["total"] = tf.add_n([weight * losses[k]
+                                    for k, weight in self.term_weights(losses).items()])
         return losses, fwd
+
+    def term_weights(self, losses: Dict[str, tf.Tensor]) -> Dict[str, float]:
+        """term name -> its λ of Lee Eq. 6, for the terms in ``losses``."""
+        return {k: getattr(self.weights, field) for k, field in TERM_WEIGHTS.items()
+                if k in losses}
+
+    def loss_ratios(self, losses: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """λ_k L_k / (λ_p L_p) of every term but L_p: Lee Sec. 4.1's balance rule (each
+        about 0.05), as ``loss_ratio/<term>`` in TensorBoard."""
+        weights = self.term_weights(losses)
+        reference = weights[PHOTOMETRIC] * losses[PHOTOMETRIC]
+        return {k: tf.math.divide_no_nan(weight * losses[k], reference)
+                for k, weight in weights.items() if k != PHOTOMETRIC}
 
     @staticmethod
     def _target_boxes(batch):
@@ -408,7 +421,8 @@ class LeeTrainStep:
         """One guarded update of the groups ``phase`` trains (call inside `strategy.run`).
 
         Returns:
-          ``losses/<term>`` and ``train/nonfinite``, each scaled by local / global batch.
+          ``losses/<term>``, ``loss_ratio/<term>`` (`loss_ratios`) and ``train/nonfinite``,
+          each scaled by local / global batch.
         """
         seed = replica_seed(seed)
         active = self.groups(phase)
@@ -425,6 +439,8 @@ class LeeTrainStep:
 
         out = {f"losses/{k}": tf.where(ok, v, tf.zeros_like(v)) * scale
                for k, v in losses.items()}
+        out.update({f"loss_ratio/{k}": tf.where(ok, v, tf.zeros_like(v)) * scale
+                    for k, v in self.loss_ratios(losses).items()})
         out["train/nonfinite"] = (1.0 - tf.cast(ok, tf.float32)) * scale
         return out
 
