@@ -499,6 +499,9 @@ class Trainer:
                 summaries.write_scalars({
                     **{f"learning_rate_{name}": float(optimizers.current_learning_rate(opt))
                        for name, (opt, _) in self.method.optimizers.items()},
+                    **{f"loss_scale_{name}": optimizers.current_loss_scale(opt)
+                       for name, (opt, _) in self.method.optimizers.items()
+                       if optimizers.current_loss_scale(opt) is not None},
                     "nonfinite_steps": float(self.step.nonfinite_steps.numpy()),
                     "steps_per_second": num_steps / max(elapsed, 1e-9),
                     "epoch": float((step - 1) // cfg.steps_per_epoch),

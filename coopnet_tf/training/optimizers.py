@@ -12,7 +12,7 @@ The schedule is a function of the loop's single step counter (batches consumed),
 `optimizer.iterations`, so that a skipped non-finite step, which leaves the optimizer
 untouched, does not shift the schedule, and a resumed run is at the same position.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import gin
 import keras
@@ -76,6 +76,16 @@ def set_learning_rate(optimizer: keras.optimizers.Optimizer, value) -> None:
     """Assigns ``value`` to the optimizer's learning-rate variable (graph-safe)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     inner._learning_rate.assign(tf.cast(value, inner._learning_rate.dtype))  # pylint: disable=protected-access
+
+
+def current_loss_scale(optimizer: keras.optimizers.Optimizer) -> Optional[float]:
+    """The dynamic loss scale of a LossScaleOptimizer (mixed_float16), else None. Keras
+    halves it and skips that optimizer's update when its scaled gradients overflow, so a
+    falling scale is how such skipped updates show (`train/nonfinite_steps` counts only
+    non-finite losses under loss scaling)."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return None
+    return float(tf.convert_to_tensor(optimizer.dynamic_scale))
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
