@@ -70,7 +70,7 @@ def test_reproduce_synthetic_tiny(tmp_path):
     cfg = rs.Config(
         output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
         methods=methods, seeds=(0,), height=64, width=64,
-        num_epochs=3, steps_per_epoch=1, burn_in_epochs=2, lr_boundary_epoch=2,
+        num_epochs=3, steps_per_epoch=1, burn_in_epochs=2, lr_boundary_epoch=2, batch_size=1,
         num_sequences=1, num_val_sequences=1, num_test_sequences=1, frames_per_sequence=6,
         num_objects=4, run_eagerly=True, plot=True, share_burn_in=True,
         extra_bindings=conftest.TINY_ENCODERS + (

@@ -59,6 +59,7 @@ def _run(data_dir, model_dir, stop_at_step=None, strategy="cc"):
                  "train_and_evaluate.num_epochs = 2",
                  "train_and_evaluate.steps_per_epoch = 2",
                  "train_and_evaluate.burn_in_epochs = 1",
+                 "train_and_evaluate.batch_size = 1",
                  "train_and_evaluate.data_dir = None",
                  f"train_and_evaluate.train_files = '{records.file_pattern(data_dir, 'train')}'",
                  "train_and_evaluate.checkpoint_every_steps = 1",

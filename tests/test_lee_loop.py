@@ -98,7 +98,7 @@ def _scalar_and_image_tags(model_dir):
     return tags
 
 
-def test_train_resume_in_the_right_phase_and_export(tiny_dataset, tmp_path):
+def test_train_resume_in_the_right_phase_and_export(tiny_dataset, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
     configure(tiny_dataset)
     assert loop.train_and_evaluate(model_dir=model_dir, stop_at_step=2)["step"] == 2
@@ -128,6 +128,10 @@ def test_train_resume_in_the_right_phase_and_export(tiny_dataset, tmp_path):
                                             training=False, with_ground_truth=True)))
     image_a = batch[specs.KEY_FRAMES][:, specs.TARGET_INDEX]
     image_b = batch[specs.KEY_FRAMES][:, specs.SOURCE_INDICES[-1]]
+    loaded = {}   # path -> SavedModel, each loaded once (the Predictor below reuses them)
+    load = tf.saved_model.load
+    monkeypatch.setattr(tf.saved_model, "load",
+                        lambda path: loaded.get(path) or loaded.setdefault(path, load(path)))
     served = tf.saved_model.load(paths[specs.EXPORT_POSE]).signatures["serving_default"](
         image_a=image_a, image_b=image_b)
 
@@ -152,6 +156,7 @@ def test_train_resume_in_the_right_phase_and_export(tiny_dataset, tmp_path):
     # --model_dir)
     predictor = predict.Predictor.from_saved_model(export_dir)
     assert predictor.flow_fn is None and predictor.motion_fn is None
+    assert sorted(loaded) == sorted(paths.values())   # it found depth and object_motion
     np.testing.assert_array_equal(
         predictor.object_motion_fn(image_a.numpy(), image_b.numpy(),
                                    batch[specs.KEY_INTRINSICS].numpy()),

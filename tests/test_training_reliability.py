@@ -44,8 +44,8 @@ def configure(data_dir, *extra):
         f"train_and_evaluate.data_dir = '{data_dir}'",
         f"HEIGHT = {SIZE}",
         f"WIDTH = {SIZE}",
-        "train_and_evaluate.batch_size = 2",
-        "train_and_evaluate.eval_batch_size = 2",
+        "train_and_evaluate.batch_size = 1",
+        "train_and_evaluate.eval_batch_size = 1",
         "train_and_evaluate.max_eval_batches = 1",
         "train_and_evaluate.progress = False",
         "train_and_evaluate.run_eagerly = True",
@@ -162,14 +162,14 @@ def test_diverging_run_warns_then_stops(tiny_dataset, tmp_path, caplog):
               "train_and_evaluate.burn_in_epochs = 0",
               "train_and_evaluate.steps_per_loop = 1",
               "train_and_evaluate.evaluate_before_training = False",
-              "train_and_evaluate.max_consecutive_nonfinite_steps = 3",
+              "train_and_evaluate.max_consecutive_nonfinite_steps = 2",
               "loss_weights.lambda_s = 1e39")
     caplog.set_level(logging.WARNING)
     with pytest.raises(loop.TrainingDivergedError,
-                       match=r"the last 3 steps \(up to step 3\) had non-finite losses"):
+                       match=r"the last 2 steps \(up to step 2\) had non-finite losses"):
         loop.train_and_evaluate(model_dir=str(tmp_path))
     warned = [r.getMessage() for r in caplog.records if "skipped (non-finite" in r.getMessage()]
-    assert len(warned) == 3 and "1 in a row" in warned[0] and "3 in a row" in warned[2]
+    assert len(warned) == 2 and "1 in a row" in warned[0] and "2 in a row" in warned[1]
     assert not glob.glob(str(tmp_path / run_layout.BEST_SUBDIR / "ckpt-*"))
 
 
