@@ -41,3 +41,19 @@ def test_help_lists_required_and_own_flags(tool):
     required, others = TOOLS[tool]
     missing = [f for f in required + others if f not in listed]
     assert not missing, f"{tool} --help does not list {missing}:\n{proc.stdout}"
+
+
+# tools whose functions the tests import (in one pytest process, beside other absl code)
+IMPORTED_BY_TESTS = ("tensorboard_images", "kitti_class_heights")
+
+
+def test_imported_tools_define_no_flags_on_import():
+    """Their flags are defined only when run as programs: two tools both defining
+    --output made the collection of the second test module fail (DuplicateFlagError)."""
+    code = ("import sys; sys.path.insert(0, 'tools'); from absl import flags\n"
+            + "".join(f"import {m}\n" for m in IMPORTED_BY_TESTS)
+            + "print(sorted(f for f in ('output', 'logdir', 'label_dir') if f in flags.FLAGS))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]

@@ -25,10 +25,6 @@ from absl import app, flags
 import _common  # noqa: F401  (puts the repository on sys.path)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("label_dir", None, "Directory of KITTI object-label files (label_2/*.txt).")
-flags.DEFINE_string("output", "", "File to write the gin line to (empty: print only).")
-flags.DEFINE_bool("progress", True, "Progress bar over the files.")
-flags.mark_flag_as_required("label_dir")
 
 LABEL_FIELDS = 15      # KITTI object labels; a 16th field is a detection score
 HEIGHT_FIELD = 8       # h, the 9th field
@@ -122,6 +118,14 @@ def write_text_atomic(path: str, text: str) -> None:
             os.remove(tmp)
         raise
 
+def define_flags():
+    """The command line's flags, defined only when run as a program (so that tests can
+    import this module beside other absl tools)."""
+    flags.DEFINE_string("label_dir", None, "Directory of KITTI object-label files (label_2/*.txt).")
+    flags.DEFINE_string("output", "", "File to write the gin line to (empty: print only).")
+    flags.DEFINE_bool("progress", True, "Progress bar over the files.")
+    flags.mark_flag_as_required("label_dir")
+
 
 def main(argv):
     del argv
@@ -140,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -17,12 +17,6 @@ from absl import app, flags
 import _common  # noqa: F401  (puts the repository on sys.path)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("logdir", None, "Directory of the event files (a run's summaries/).")
-flags.DEFINE_list("tags", None, "Image summary tags, e.g. images/target,images/v_mask.")
-flags.DEFINE_integer("step", None, "Step to show; default: the last step with every tag.")
-flags.DEFINE_string("output", None, "PNG file to write.")
-flags.DEFINE_string("title", None, "Figure title (default: the logdir); the step is appended.")
-flags.mark_flags_as_required(["logdir", "tags", "output"])
 
 
 def read_images(logdir: str, tags: Sequence[str],
@@ -82,6 +76,16 @@ def save_figure(path: str, step: int, images: Dict[str, List], title: str = "") 
     return plots.save_figure(fig, path, dpi=130, title=f"{title} step {step}".strip(),
                              title_size=8)
 
+def define_flags():
+    """The command line's flags, defined only when run as a program (so that tests can
+    import this module beside other absl tools)."""
+    flags.DEFINE_string("logdir", None, "Directory of the event files (a run's summaries/).")
+    flags.DEFINE_list("tags", None, "Image summary tags, e.g. images/target,images/v_mask.")
+    flags.DEFINE_integer("step", None, "Step to show; default: the last step with every tag.")
+    flags.DEFINE_string("output", None, "PNG file to write.")
+    flags.DEFINE_string("title", None, "Figure title (default: the logdir); the step is appended.")
+    flags.mark_flags_as_required(["logdir", "tags", "output"])
+
 
 def main(argv):
     del argv
@@ -94,4 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
