@@ -29,13 +29,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 
 from absl import app, flags, logging
 import numpy as np
 
-from coopnet_tf import visualize
+from coopnet_tf import files, visualize
 from coopnet_tf.data import boxes as box_io
 from coopnet_tf.eval import depth as depth_eval
 from coopnet_tf.eval import flow as flow_eval
@@ -191,21 +190,9 @@ def write_json(path, result):
     """Writes `result` (strict JSON: NaN as null) atomically: a temporary file in the same
     directory is renamed over `path`, so a failure never leaves a truncated file; parent
     directories created."""
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     text = json.dumps(_json_safe(result), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with files.atomic_file(path) as f:
+        f.write(text)
 
 
 def _fmt(v, digits=4):
@@ -399,11 +386,11 @@ def run_depth():
 def list_images(image_dir, pattern=None):
     """Sorted image files (png/jpg) of a directory."""
     exts = (".png", ".jpg", ".jpeg")
-    files = sorted(p for p in glob.glob(os.path.join(image_dir, pattern or "*"))
+    paths = sorted(p for p in glob.glob(os.path.join(image_dir, pattern or "*"))
                    if p.lower().endswith(exts))
-    if not files:
+    if not paths:
         raise FileNotFoundError(f"no images in {image_dir}")
-    return files
+    return paths
 
 
 def predict_trajectory(signature, image_paths, height, width, batch_size):
@@ -858,19 +845,8 @@ def predict_object_masks(signature, motion_signature, image_paths, boxes, height
 
 def _write_masks_npz(path, masks):
     """`masks` as `.npz` (key `data`), written atomically like `write_json`."""
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=".tmp_", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, data=masks)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with files.atomic_file(path, "wb") as f:
+        np.savez_compressed(f, data=masks)
 
 
 def _predict_segmentation(names, gts, obj_dir):

@@ -11,7 +11,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "coopnet_tf"
 
 # Lowest first; a module may import its own layer and the layers before it.
 LAYERS = (
-    ("base", ("coopnet_tf", "coopnet_tf.specs", "coopnet_tf.run_layout", "coopnet_tf.images")),
+    ("base", ("coopnet_tf", "coopnet_tf.specs", "coopnet_tf.run_layout", "coopnet_tf.images",
+              "coopnet_tf.files")),
     ("geometry", ("coopnet_tf.geometry",)),
     ("data", ("coopnet_tf.data",)),
     ("models", ("coopnet_tf.models",)),

@@ -14,10 +14,8 @@ line to a file (a temporary file in the same directory renamed over it). Bad inp
 with a message naming the file and the line.
 """
 import math
-import os
 import pathlib
 import sys
-import tempfile
 from typing import Dict, List, Tuple
 
 from absl import app, flags
@@ -103,21 +101,6 @@ def gin_line(stats: Dict[str, Tuple[int, float, float]]) -> str:
     return f"lee.class_heights = {{{items}}}"
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path` and renames it over `path`."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp_", suffix=".gin")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 def define_flags():
     """The command line's flags, defined only when run as a program (so that tests can
     import this module beside other absl tools)."""
@@ -129,6 +112,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    from coopnet_tf import files  # pylint: disable=import-outside-toplevel
     try:
         stats = class_statistics(FLAGS.label_dir, progress=FLAGS.progress)
     except ValueError as err:
@@ -139,7 +123,8 @@ def main(argv):
     line = gin_line(stats)
     print(line, flush=True)
     if FLAGS.output:
-        write_text_atomic(FLAGS.output, line + "\n")
+        with files.atomic_file(FLAGS.output) as f:
+            f.write(line + "\n")
         print(f"wrote {FLAGS.output}", flush=True)
 
 
