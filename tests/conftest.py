@@ -26,6 +26,20 @@ tf.config.set_logical_device_configuration(
 )
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+_AS_TRAINING = object()
+
+
+def two_cpu_mirrored_strategy(cross_device_ops=_AS_TRAINING):
+    """A MirroredStrategy over the two logical CPUs configured above; skips the test when
+    there are fewer. By default with ReductionToOneDevice, as training/distribution.py
+    builds it on CPU devices; ``cross_device_ops=None`` gives TensorFlow's choice."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    if len(devices) < 2:
+        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
+    if cross_device_ops is _AS_TRAINING:
+        cross_device_ops = tf.distribute.ReductionToOneDevice()
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
 TINY_ENCODERS = (
     "build_depth_net.num_layers = 10",
     "build_pose_net.num_layers = 10",

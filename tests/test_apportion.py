@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 import keras
 
+import conftest
+
 from coopnet_tf.losses import apportion, photometric
 from coopnet_tf.losses.apportion import ApportionInputs
 
@@ -344,12 +346,7 @@ def test_epoch_protocol_in_tf_function():
 
 
 def test_coopnet_under_mirrored_strategy():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    # As training/distribution.py builds it on CPU devices.
-    dist = tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    dist = conftest.two_cpu_mirrored_strategy()
     with dist.scope():
         strategy = apportion.make_strategy("coopnet", sample_size=64)
     fields = [_fields(10 + r) for r in range(2)]

@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf import models, specs
 from coopnet_tf.training import lee_step
 from coopnet_tf.training.step import Phase, tf_variables
@@ -120,12 +122,7 @@ def _relative_difference(a, b):
 def mirrored():
     """(strategy over 2 logical CPUs, a step built in its scope, a one-device step with the
     same initial weights)."""
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    # as training/distribution.py builds it on CPU devices
-    dist = tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    dist = conftest.two_cpu_mirrored_strategy()
     with dist.scope():
         step = build_step(global_batch_size=2)
     return dist, step, build_step()

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf import specs
 from coopnet_tf.data import augment, pipeline, records, synthetic
 
@@ -258,10 +260,7 @@ def test_corrupt_files_are_named(tmp_path, train_pattern):
 
 
 def test_distribute_datasets_from_function_shards_per_worker(train_pattern):
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = conftest.two_cpu_mirrored_strategy(cross_device_ops=None)
     seen = []
 
     def dataset_fn(input_context):

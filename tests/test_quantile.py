@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf.losses import quantile as q_lib
 from coopnet_tf.losses.quantile import P2Quantiles
 from coopnet_tf.losses.quantile import p2_quantiles
@@ -262,12 +264,7 @@ def test_update_in_tf_function_and_xla_matches_eager():
 
 
 def test_two_replicas_stay_identical():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    # As training/distribution.py builds it on CPU devices.
-    strategy = tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = conftest.two_cpu_mirrored_strategy()
     with strategy.scope():
         layer = P2Quantiles(sample_size=SAMPLE, seed=4)
     rng = np.random.default_rng(5)

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from coopnet_tf.losses import apportion
 from coopnet_tf.losses import quantile as q_lib
 from coopnet_tf.losses.quantile import SummaryQuantiles
@@ -141,11 +143,7 @@ def test_xla_matches_graph():
 
 
 def test_two_replicas_stay_identical():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    strategy = tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    strategy = conftest.two_cpu_mirrored_strategy()
     with strategy.scope():
         layer = SummaryQuantiles(sample_size=SAMPLE, seed=4, summary_size=300)
     rng = np.random.default_rng(5)
