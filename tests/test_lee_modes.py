@@ -307,6 +307,26 @@ def test_mixed_float16_step_matches_float32(precision_pair, batch, stage):
             assert sum(_moved(changes)) > 0.4 * len(changes), group
 
 
+def test_mixed_float16_overflow_in_one_group_skips_both(precision_pair, batch):
+    """One objective, two LossScaleOptimizers: when only the motion group's scaled
+    gradients overflow (its scale 2^30, the depth group's 2^4), neither group applies its
+    update (no half step) and both scales halve. (BatchNorm's moving statistics follow
+    the forward pass, as in any Keras loss-scale skip.)"""
+    _, mixed, init = precision_pair
+    mixed.depth_net.set_weights(init[0])
+    mixed.motion_net.set_weights(init[1])
+    mixed.depth_optimizer.dynamic_scale.assign(2.0 ** 4)
+    mixed.motion_optimizer.dynamic_scale.assign(2.0 ** 30)
+    variables = mixed.depth_net.trainable_weights + mixed.motion_net.trainable_weights
+    before = _values(variables)
+    out = mixed.train_step(_half(batch, 0), Phase(stage=lee_step.PHASE3), SEED)
+    assert out["train/nonfinite"] == 0.0          # a loss-scale skip, not a non-finite loss
+    for old, new in zip(before, _values(variables)):
+        np.testing.assert_array_equal(old, new)
+    assert float(mixed.depth_optimizer.dynamic_scale.numpy()) == 2.0 ** 3
+    assert float(mixed.motion_optimizer.dynamic_scale.numpy()) == 2.0 ** 29
+
+
 # ------------------------------------------------------------------------ XLA ----
 
 def _losses_outputs_gradients(step, batch, phase):

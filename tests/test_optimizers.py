@@ -1,8 +1,13 @@
-"""coopnet_tf/training/optimizers.py: the dynamic loss scale shown in TensorBoard."""
+"""Loss scaling: the dynamic scale shown in TensorBoard (coopnet_tf/training/optimizers.py)
+and how the step's guarded update skips overflowing groups (training/step.py)."""
+import contextlib
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from coopnet_tf.training import optimizers
+import conftest
+from coopnet_tf.training import optimizers, step
 
 
 def test_loss_scale_halves_when_scaled_gradients_overflow():
@@ -21,3 +26,62 @@ def test_loss_scale_halves_when_scaled_gradients_overflow():
     np.testing.assert_array_equal(var.numpy(), [1.0, 2.0])       # the update was skipped
     scaled.apply([tf.constant([1.0, 1.0])], [var])
     assert optimizers.current_loss_scale(scaled) == start / 2 and var.numpy()[0] < 1.0
+
+
+def _two_groups(strategy=None):
+    """Two variables, each with its own LossScaleOptimizer (the depth and motion groups)."""
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        variables = [tf.Variable([1.0, 2.0]), tf.Variable([3.0, 4.0])]
+        opts = [optimizers.make_optimizer(learning_rate=0.1, loss_scale=True, name=f"g{i}")
+                for i in range(2)]
+        for opt, var in zip(opts, variables):
+            opt.build([var])
+    return variables, opts
+
+
+def _update(variables, opts, grads, one_objective):
+    updates = [([g], [v], opt) for g, v, opt in zip(grads, variables, opts)]
+    return step.guarded_update(updates, {"total": tf.constant(1.0)}, [], [], True, None,
+                               lambda increment: None, one_objective=one_objective)
+
+
+@pytest.mark.parametrize("one_objective", [False, True])
+def test_overflow_in_one_group_skips_only_it_or_every_group(one_objective):
+    """Under loss scaling, an overflow in one group's gradients skips that group's update
+    and halves its scale; with ``one_objective`` (Lee et al.'s single loss) every group
+    skips and halves, so that no half step is applied; finite gradients apply everywhere."""
+    variables, opts = _two_groups()
+    start = [v.numpy().copy() for v in variables]
+    _update(variables, opts, [tf.constant([1.0, 1.0]), tf.constant([np.inf, 1.0])],
+            one_objective)
+    scales = [optimizers.current_loss_scale(o) for o in opts]
+    np.testing.assert_array_equal(variables[1].numpy(), start[1])
+    assert scales[1] == 2.0 ** 14
+    if one_objective:
+        np.testing.assert_array_equal(variables[0].numpy(), start[0])
+        assert scales[0] == 2.0 ** 14
+    else:
+        assert np.all(variables[0].numpy() < start[0]) and scales[0] == 2.0 ** 15
+    _update(variables, opts, [tf.constant([1.0, 1.0]), tf.constant([1.0, 1.0])],
+            one_objective)
+    assert all(np.all(v.numpy() < s0) for v, s0 in zip(variables, start))
+
+
+def test_overflow_on_one_replica_skips_every_group_on_every_replica():
+    """MirroredStrategy over two logical CPUs, ``one_objective``: replica 1's motion
+    gradients overflow, replica 0's are finite; both groups skip on both replicas."""
+    strategy = conftest.two_cpu_mirrored_strategy()
+    variables, opts = _two_groups(strategy)
+
+    def replica_fn():
+        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+        bad = tf.where(tf.equal(rid, 1), np.inf, 1.0)
+        return _update(variables, opts, [tf.constant([1.0, 1.0]), tf.stack([bad, 1.0])],
+                       True)
+
+    strategy.run(replica_fn)
+    for var, start in zip(variables, ([1.0, 2.0], [3.0, 4.0])):
+        for value in strategy.experimental_local_results(var):
+            np.testing.assert_array_equal(value.numpy(), start)
+    assert [optimizers.current_loss_scale(o) for o in opts] == [2.0 ** 14] * 2

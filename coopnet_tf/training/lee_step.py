@@ -36,7 +36,8 @@ Phases (`Phase.stage`, from `schedule.Stages` — Lee Table 1):
 Two optimizers (depth, motion), one objective: a `GradientTape` per trained group. The
 non-finite guard is CoopTrainStep's: a step with a non-finite loss or gradient on any
 replica is skipped on every replica, BatchNorm statistics are restored and a counter
-incremented.
+incremented; under loss scaling an overflow in either group skips both optimizers (no
+half step).
 """
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -435,7 +436,8 @@ class LeeTrainStep:
             {g: (self.group_variables(g), self._optimizer(g), "total") for g in active},
             lambda: self.compute_losses(batch, phase, seed), scale, self._loss_scaling)
         ok = guarded_update(updates, losses, stats_vars, saved_stats, self._loss_scaling,
-                            self.options.gradient_clip_norm, self._count_nonfinite)
+                            self.options.gradient_clip_norm, self._count_nonfinite,
+                            one_objective=True)
 
         out = {f"losses/{k}": tf.where(ok, v, tf.zeros_like(v)) * scale
                for k, v in losses.items()}

@@ -333,10 +333,17 @@ def grouped_gradients(groups, compute_losses, scale, loss_scaling: bool):
 
 
 def guarded_update(updates, losses: Dict[str, tf.Tensor], stats_vars, saved_stats,
-                   loss_scaling: bool, clip_norm: Optional[float], count) -> tf.Tensor:
+                   loss_scaling: bool, clip_norm: Optional[float], count,
+                   one_objective: bool = False) -> tf.Tensor:
     """Applies each group's gradients unless any loss or gradient is non-finite on any
     replica (then nothing changes: the forward's BatchNorm / quantile statistics are
     restored and the step counts as skipped). The decision is identical on every replica.
+
+    Under loss scaling each LossScaleOptimizer skips its own update when its gradients
+    overflow (and halves its scale). With ``one_objective`` (the groups descend one loss,
+    as in Lee et al.) an overflow in any group's gradients, on any replica, makes every
+    group's gradients NaN, so that all optimizers skip together instead of applying half
+    a step; CoopNet's groups have separate objectives and skip separately.
 
     Args:
       updates: per trained group, `(gradients, variables, optimizer)`.
@@ -345,11 +352,15 @@ def guarded_update(updates, losses: Dict[str, tf.Tensor], stats_vars, saved_stat
       loss_scaling: the optimizers are LossScaleOptimizers (they handle inf gradients).
       clip_norm: global-norm clipping per group, or None.
       count: `count(increment)`, increment 1 when the step was skipped, else 0.
+      one_objective: see above (only acts under loss scaling with several groups).
 
     Returns:
-      bool scalar: the update was applied.
+      bool scalar: the update was applied (an overflow skip under loss scaling is the
+      LossScaleOptimizers' and does not count here; see `train/loss_scale_<group>`).
     """
     ctx = tf.distribute.get_replica_context()
+    if loss_scaling and one_objective and len(updates) > 1:
+        updates = _skip_all_on_overflow(updates, ctx)
     checked = list(losses.values())
     if not loss_scaling:     # a LossScaleOptimizer handles inf gradients itself
         for grads, _, _ in updates:
@@ -386,6 +397,18 @@ def guarded_update(updates, losses: Dict[str, tf.Tensor], stats_vars, saved_stat
             return tf.constant(0, tf.int64)
         count(tf.cond(ok, do_apply_local, lambda: tf.constant(1, tf.int64)))
     return ok
+
+
+def _skip_all_on_overflow(updates, ctx):
+    """Every group's gradients + NaN when any group's (still scaled) gradients are
+    non-finite on any replica, else unchanged."""
+    grads = [g for group_grads, _, _ in updates for g in group_grads]
+    overflow_local = 1.0 - tf.cast(_all_finite(grads), tf.float32)
+    overflow = ctx.all_reduce(tf.distribute.ReduceOp.SUM, overflow_local) if ctx \
+        else overflow_local
+    poison = tf.where(overflow > 0.5, float("nan"), 0.0)
+    return [([g + tf.cast(poison, g.dtype) for g in group_grads], variables, optimizer)
+            for group_grads, variables, optimizer in updates]
 
 
 class CoopTrainStep:
