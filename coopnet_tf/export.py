@@ -140,7 +140,7 @@ class DepthServing(tf.Module):
         self.depth_net = depth_net
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         self.height, self.width = int(height), int(width)
-        self.serve = tf.function(self._serve, input_signature=[
+        self.serve = tf.function(self._serve, autograph=False, input_signature=[
             tf.TensorSpec([None, height, width, 3], tf.float32, name="image")])
 
     def _serve(self, image):
@@ -161,7 +161,7 @@ class PoseServing(tf.Module):
         self.rotation_mode = rotation_mode
         self.height, self.width = int(height), int(width)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
-        self.serve = tf.function(self._serve, input_signature=[
+        self.serve = tf.function(self._serve, autograph=False, input_signature=[
             tf.TensorSpec.from_spec(spec, name="image_a"),
             tf.TensorSpec.from_spec(spec, name="image_b")])
 
@@ -194,9 +194,9 @@ class FlowServing(tf.Module):
             self.depth_net, self.pose_net = depth_net, pose_net
             self.rotation_mode = rotation_mode
             signature.append(tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics"))
-            self.serve = tf.function(self._serve_residual, input_signature=signature)
+            self.serve = tf.function(self._serve_residual, autograph=False, input_signature=signature)
         else:
-            self.serve = tf.function(self._serve, input_signature=signature)
+            self.serve = tf.function(self._serve, autograph=False, input_signature=signature)
 
     def _serve(self, image_a, image_b):
         checked = validate_inputs({"image_a": image_a, "image_b": image_b}, self.height,
@@ -234,7 +234,7 @@ class MotionServing(tf.Module):
         self.flow_threshold = float(flow_threshold)
         self.height, self.width = int(height), int(width)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
-        self.serve = tf.function(self._serve, input_signature=[
+        self.serve = tf.function(self._serve, autograph=False, input_signature=[
             tf.TensorSpec.from_spec(spec, name="image_prev"),
             tf.TensorSpec.from_spec(spec, name="image"),
             tf.TensorSpec.from_spec(spec, name="image_next"),
@@ -306,7 +306,7 @@ class LeePoseServing(_LeeServing):
         super().__init__(depth_net, motion_net, height, width, rotation_mode,
                          name="lee_pose_serving")
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
-        self.serve = tf.function(self._serve, input_signature=[
+        self.serve = tf.function(self._serve, autograph=False, input_signature=[
             tf.TensorSpec.from_spec(spec, name="image_a"),
             tf.TensorSpec.from_spec(spec, name="image_b")])
 
@@ -325,7 +325,7 @@ class ObjectMotionServing(_LeeServing):
         super().__init__(depth_net, motion_net, height, width, rotation_mode,
                          name="object_motion_serving")
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
-        self.serve = tf.function(self._serve, input_signature=[
+        self.serve = tf.function(self._serve, autograph=False, input_signature=[
             tf.TensorSpec.from_spec(spec, name="image_a"),
             tf.TensorSpec.from_spec(spec, name="image_b"),
             tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics")])

@@ -294,7 +294,7 @@ def _core(fn, jit_compile):
     """`fn` wrapped once in a `tf.function` (XLA-compiled when asked)."""
     key = (fn, bool(jit_compile))
     if key not in _CORES:
-        _CORES[key] = tf.function(fn, jit_compile=bool(jit_compile))
+        _CORES[key] = tf.function(fn, jit_compile=bool(jit_compile), autograph=False)
     return _CORES[key]
 
 

@@ -258,8 +258,10 @@ def p2_estimates(state: P2State, probs) -> tf.Tensor:
     return tf.where(count > 0, estimate, nan)
 
 
-_p2_absorb_xla = tf.function(p2_absorb, jit_compile=True, reduce_retracing=True)
-_p2_absorb_graph = tf.function(p2_absorb, jit_compile=False, reduce_retracing=True)
+_p2_absorb_xla = tf.function(p2_absorb, jit_compile=True, reduce_retracing=True,
+                             autograph=False)
+_p2_absorb_graph = tf.function(p2_absorb, jit_compile=False, reduce_retracing=True,
+                               autograph=False)
 
 
 def p2_absorb_fn(jit_compile: bool):
@@ -388,8 +390,10 @@ def summary_estimates(state: SummaryState, probs, variable_index) -> tf.Tensor:
     return tf.where(count > 0, est, tf.constant(np.nan, tf.float64))
 
 
-_summary_absorb_xla = tf.function(summary_absorb, jit_compile=True, reduce_retracing=True)
-_summary_absorb_graph = tf.function(summary_absorb, jit_compile=False, reduce_retracing=True)
+_summary_absorb_xla = tf.function(summary_absorb, jit_compile=True,
+                                  reduce_retracing=True, autograph=False)
+_summary_absorb_graph = tf.function(summary_absorb, jit_compile=False,
+                                    reduce_retracing=True, autograph=False)
 
 
 def summary_absorb_fn(jit_compile: bool):
@@ -545,7 +549,7 @@ def uniform_subsample(values: Mapping[str, tf.Tensor], valid, size: int, seed) -
     return samples, active
 
 
-_uniform_subsample_xla = tf.function(uniform_subsample, jit_compile=True)
+_uniform_subsample_xla = tf.function(uniform_subsample, jit_compile=True, autograph=False)
 
 
 def uniform_subsample_fn(jit_compile: bool):

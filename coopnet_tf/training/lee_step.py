@@ -208,7 +208,8 @@ class LeeTrainStep:
         if self._loss_scaling and options.gradient_clip_norm:
             raise ValueError("gradient_clip_norm is not supported with loss scaling "
                              "(mixed_float16): the gradients are clipped while scaled")
-        self._forward_fn = (tf.function(self.forward, jit_compile=True, reduce_retracing=True)
+        self._forward_fn = (tf.function(self.forward, jit_compile=True, reduce_retracing=True,
+                                          autograph=False)
                             if options.jit_compile else self.forward)
 
     # ------------------------------------------------------------- variables ----

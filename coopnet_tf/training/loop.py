@@ -360,7 +360,9 @@ class Trainer:
         else:
             # The step body is traced once (a nested tf.function called inside tf.range);
             # its output structure, known after that trace, initialises the accumulators.
-            one_step = tf.function(lambda it: self._one_step(it, phase))
+            # No AutoGraph inside the step (its tensor branches are explicit tf.cond /
+            # tf.where): half the tracing time (docs/performance.md, benchmarks/trace_time.py).
+            one_step = tf.function(lambda it: self._one_step(it, phase), autograph=False)
 
             @tf.function
             def fn(iterator, num_steps):
@@ -382,7 +384,8 @@ class Trainer:
                 seed = tf.stack([tf.constant(self.config.seed, tf.int64),
                                  self.global_step.read_value()])
                 return self.step.diagnostics(batch, phase, seed)
-            self._diag_fns[phase] = fn if self.config.run_eagerly else tf.function(fn)
+            self._diag_fns[phase] = fn if self.config.run_eagerly else tf.function(
+                fn, autograph=False)
         return self._diag_fns[phase]
 
     def predict_disparity(self, images):
@@ -393,7 +396,8 @@ class Trainer:
             def fn(x):
                 sigmoid = tf.cast(self.depth_net(x, training=False)[0], tf.float32)
                 return models.disp_to_depth(sigmoid, opts.min_depth, opts.max_depth)[0]
-            self._predict_fn = fn if self.config.run_eagerly else tf.function(fn)
+            self._predict_fn = fn if self.config.run_eagerly else tf.function(
+                fn, autograph=False)
         return self._predict_fn(images)
 
     # ---------------------------------------------------------------- training ----
