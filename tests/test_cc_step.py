@@ -15,6 +15,7 @@ import conftest
 
 from coopnet_tf import models, specs
 from coopnet_tf.losses import competitive_strategy as cs
+from coopnet_tf.training import optimizers
 from coopnet_tf.training.step import CoopTrainStep, LossWeights, Phase
 
 SIZE = 64
@@ -46,9 +47,9 @@ def build_step(**strategy_options):
     moderator = models.build_moderator_net(height=None, width=None, num_layers=10,
                                            decoder_channels=THIN)
     strategy = cs.CompetitiveCollaborationStrategy(
-        moderator, tf.keras.optimizers.Adam(1e-3), **strategy_options)
-    step = CoopTrainStep(depth, pose, flow, tf.keras.optimizers.Adam(1e-3),
-                         tf.keras.optimizers.Adam(1e-3), strategy,
+        moderator, optimizers.FusedAdam(1e-3), **strategy_options)
+    step = CoopTrainStep(depth, pose, flow, optimizers.FusedAdam(1e-3),
+                         optimizers.FusedAdam(1e-3), strategy,
                          weights=LossWeights(gc=0.0, ep=0.0, var=0.0), global_batch_size=BATCH)
     step.build()
     return step

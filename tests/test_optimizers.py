@@ -2,6 +2,7 @@
 and how the step's guarded update skips overflowing groups (training/step.py)."""
 import contextlib
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -85,3 +86,66 @@ def test_overflow_on_one_replica_skips_every_group_on_every_replica():
         for value in strategy.experimental_local_results(var):
             np.testing.assert_array_equal(value.numpy(), start)
     assert [optimizers.current_loss_scale(o) for o in opts] == [2.0 ** 14] * 2
+
+
+SHAPES = [(3, 3, 8, 16), (16,), (64, 32), (7,)]
+
+
+def _adam_pair(optimizer_cls, steps=20, seed=0):
+    """Variables after ``steps`` updates with random gradients spanning 1e-6..1e2."""
+    rng = np.random.RandomState(seed)
+    variables = [keras.Variable(rng.randn(*s).astype(np.float32), name=f"w{i}")
+                 for i, s in enumerate(SHAPES)]
+    opt = optimizer_cls(learning_rate=1e-3, name="adam_depth_pose")
+    opt.build(variables)
+    for _ in range(steps):
+        grads = [tf.constant(rng.randn(*s).astype(np.float32) * 10.0 ** rng.uniform(-6, 2))
+                 for s in SHAPES]
+        opt.apply(grads, variables)
+    return variables, opt
+
+
+def test_fused_adam_equals_keras_adam_to_float32_rounding():
+    """Same formula as keras.optimizers.Adam, one kernel per variable: after 20 steps the
+    weights agree to 2e-6 and the moments to 1e-4 relative (the kernel forms 1 − β in
+    float32: 1 − 0.999f = 1.00005e-3, Keras rounds 1 − 0.999 from double: 1e-3), the
+    optimizer has the same variables (checkpoint layout) and iteration count."""
+    ref_vars, ref = _adam_pair(keras.optimizers.Adam)
+    fused_vars, fused = _adam_pair(optimizers.FusedAdam)
+    for a, b in zip(ref_vars, fused_vars):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=2e-6, atol=1e-6)
+        assert not np.array_equal(a.numpy(), b.numpy() + 1e-3)      # the check can fail
+    assert [v.path for v in ref.variables] == [v.path for v in fused.variables]
+    for a, b in zip(ref.variables, fused.variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-12)
+    assert int(fused.iterations.numpy()) == 20
+    with pytest.raises(ValueError, match="amsgrad"):
+        optimizers.FusedAdam(amsgrad=True)
+
+
+def test_fused_adam_under_mirrored_strategy_equals_one_device():
+    """Two logical CPUs, each replica its own gradient: every replica's copy equals one
+    device's FusedAdam on the summed gradient (Keras all-reduces with SUM)."""
+    strategy = conftest.two_cpu_mirrored_strategy()
+    rng = np.random.RandomState(1)
+    init = rng.randn(4, 3).astype(np.float32)
+    per_replica = [rng.randn(4, 3).astype(np.float32) for _ in range(2)]
+    with strategy.scope():
+        var = keras.Variable(init)
+        opt = optimizers.FusedAdam(learning_rate=1e-2)
+        opt.build([var])
+
+    def replica_fn():
+        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+        opt.apply([tf.gather(tf.constant(np.stack(per_replica)), rid)], [var])
+
+    for _ in range(3):
+        strategy.run(replica_fn)
+    ref_var = keras.Variable(init)
+    ref = optimizers.FusedAdam(learning_rate=1e-2)
+    ref.build([ref_var])
+    for _ in range(3):
+        ref.apply([tf.constant(per_replica[0] + per_replica[1])], [ref_var])
+    for value in strategy.experimental_local_results(var.value):
+        np.testing.assert_array_equal(value.numpy(), ref_var.numpy())
+    assert not np.array_equal(ref_var.numpy(), init)

@@ -13,6 +13,7 @@ import conftest
 
 from coopnet_tf import models, specs
 from coopnet_tf.losses import apportion
+from coopnet_tf.training import optimizers
 from coopnet_tf.training import step as step_lib
 from coopnet_tf.training.step import CoopTrainStep, LossWeights, Phase
 
@@ -46,8 +47,8 @@ def build_step(strategy_name="coopnet", residual=False, weights=LossWeights(),
     flow = models.build_flow_net(height=SIZE, width=SIZE, num_layers=10, residual=residual,
                                  decoder_channels=(4, 8, 8, 16, 16))
     strategy_options = {"sample_size": 256} if strategy_name == "coopnet" else {}
-    step = CoopTrainStep(depth, pose, flow, tf.keras.optimizers.Adam(1e-4),
-                         tf.keras.optimizers.Adam(1e-4),
+    step = CoopTrainStep(depth, pose, flow, optimizers.FusedAdam(1e-4),
+                         optimizers.FusedAdam(1e-4),
                          apportion.make_strategy(strategy_name, **strategy_options),
                          weights=weights, options=options, global_batch_size=BATCH)
     step.build()
