@@ -267,6 +267,10 @@ def gin_bindings(cfg: Config, method: str, seed: int) -> List[str]:
         # TensorBoard images and Δ histograms of the fixed validation batch once per
         # epoch (inference-mode forward; leaves every training state untouched)
         f"train_and_evaluate.image_every_steps = {cfg.steps_per_epoch}",
+        # Keras' own Adam, as the committed run's arms were trained with (before
+        # optimizers.FusedAdam): arms trained or resumed at later commits stay bitwise
+        # comparable with them (docs/synthetic_benchmark.md)
+        "make_optimizer.fused = False",
     ]
     if is_lee(method):
         # from scratch, Lee's three phases over the same steps; lee_synthetic.gin's

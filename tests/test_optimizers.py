@@ -121,6 +121,8 @@ def test_fused_adam_equals_keras_adam_to_float32_rounding():
     assert int(fused.iterations.numpy()) == 20
     with pytest.raises(ValueError, match="amsgrad"):
         optimizers.FusedAdam(amsgrad=True)
+    assert type(optimizers.make_optimizer()) is optimizers.FusedAdam
+    assert type(optimizers.make_optimizer(fused=False)) is keras.optimizers.Adam
 
 
 def test_fused_adam_under_mirrored_strategy_equals_one_device():

@@ -84,6 +84,7 @@ def make_optimizer(
     beta_2: float = 0.999,
     epsilon: float = 1e-8,
     loss_scale: bool = False,
+    fused: bool = True,
     name: str = "adam",
 ) -> keras.optimizers.Optimizer:
     """Adam (`FusedAdam`) with the paper's settings (epsilon = 1e-8 as in PyTorch, the
@@ -99,10 +100,13 @@ def make_optimizer(
       epsilon: Adam epsilon.
       loss_scale: wrap in `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling, for
         the `mixed_float16` policy; the loop turns it on automatically for that policy).
+      fused: `FusedAdam` (default); False: keras.optimizers.Adam, bitwise what runs
+        trained before FusedAdam used (same variables: checkpoints restore either way).
       name: optimizer name (variable names in checkpoints).
     """
-    optimizer = FusedAdam(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                          epsilon=epsilon, name=name)
+    adam = FusedAdam if fused else keras.optimizers.Adam
+    optimizer = adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                     epsilon=epsilon, name=name)
     if loss_scale:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=name + "_loss_scale")
     return optimizer
