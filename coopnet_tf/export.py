@@ -194,7 +194,8 @@ class FlowServing(tf.Module):
             self.depth_net, self.pose_net = depth_net, pose_net
             self.rotation_mode = rotation_mode
             signature.append(tf.TensorSpec([None, 3, 3], tf.float32, name="intrinsics"))
-            self.serve = tf.function(self._serve_residual, autograph=False, input_signature=signature)
+            self.serve = tf.function(self._serve_residual, autograph=False,
+                                     input_signature=signature)
         else:
             self.serve = tf.function(self._serve, autograph=False, input_signature=signature)
 

@@ -48,8 +48,9 @@ class FusedAdam(keras.optimizers.Adam):
     var -= lr·sqrt(1 − β2^t)/(1 − β1^t)·m/(sqrt(v) + ε)), the same variables and checkpoint
     layout. Not bitwise keras.optimizers.Adam: the kernel forms 1 − β in float32
     (1 − 0.999f = 1.00005e-3 where Keras uses 1e-3), so the second moment's rate differs
-    by 5e-5 relative (tests/test_optimizers.py: weights within 2e-6 after 20 steps). Faster wherever ops are dispatched one by one: eager
-    steps, and kernel launches on a GPU (benchmarks/optimizer_time.py)."""
+    by 5e-5 relative (tests/test_optimizers.py: weights within 2e-6 after 20 steps).
+    Faster wherever ops are dispatched one by one: eager steps, and kernel launches on a
+    GPU (benchmarks/optimizer_time.py)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
