@@ -4,10 +4,12 @@
   and the load average — stored in every result JSON so that a number can be traced back
   to where and how it was measured;
 * `markdown_table()` / `fmt()`: the markdown tables the scripts print and write;
-* `write_json()` (atomic), `median_time()` (timing with warm-up), `mean_spread()`.
+* `write_json()` (atomic), `median_time()` (timing with warm-up), `mean_spread()`;
+* `run_dir_lock()`: one process at a time trains a run directory.
 
 No TensorFlow import at module level (the smoke test imports this cheaply).
 """
+import contextlib
 import datetime
 import json
 import math
@@ -19,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,6 +31,35 @@ def ensure_repo_on_path() -> None:
     root = str(REPO_ROOT)
     if root not in sys.path:
         sys.path.insert(0, root)
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str) -> Iterator[None]:
+    """Holds an exclusive lock on run directory `run_dir` (the file ``<run_dir>.lock``
+    beside it, which survives the directory being replaced by a copy). A second process
+    asking for the same run waits until the first releases it, saying whom it waits for,
+    so that it then sees the run's progress instead of training it again. The lock is an
+    ``fcntl.flock``: the kernel releases it when its holder dies (no stale lock after a
+    kill); it is reliable on a local file system, not across hosts on NFS."""
+    import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+    path = run_dir.rstrip(os.sep) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"[lock] {run_dir}: in use by {holder}; waiting", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {platform.node()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_average() -> Optional[List[float]]:

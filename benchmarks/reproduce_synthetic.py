@@ -22,10 +22,13 @@ bindings), on the SAME synthetic dataset (with a raised share of moving objects)
 same seeds (data order, augmentation, per-step randomness and the networks'
 initialisation) and the same number of steps; each run has its own ``model_dir`` under
 ``--model_root`` (default ``<output_dir>/runs``, git-ignored). The repository's ``gin/``
-is copied to ``<model_root>/gin_snapshot`` when training starts and every run parses that
-copy. Finished runs are not retrained (re-running with more seeds trains only the new
+is copied to ``<model_root>/gin_snapshot`` when training starts (refreshed only when it
+differs, and refused while another process trains from the old copy) and every run parses
+that copy. Finished runs are not retrained (re-running with more seeds trains only the new
 ones); ``--eval_only`` re-evaluates and keeps, in the JSON, how the models were trained
-(``training_run``).
+(``training_run``). Several processes may share a model_root (e.g. one per seed, to keep
+more cores busy): each run directory is trained under a lock (``<run_dir>.lock``), so a
+process reaching a run another one is training waits for it and then uses its result.
 
 Shared burn-in (default ``--share_burn_in``): in the training protocol every method is
 trained identically during the burn-in epochs (Monodepth2 loss for depth/pose, uniform
@@ -80,6 +83,7 @@ spreads, metadata: machine, versions, command, date, load) and
 """
 import argparse
 import collections
+import contextlib
 import dataclasses
 import functools
 import math
@@ -88,7 +92,7 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -347,8 +351,62 @@ def _gin_snapshot(cfg: Config) -> str:
     root = cfg.model_root or os.path.join(cfg.output_dir, "runs")
     path = os.path.abspath(os.path.join(root, "gin_snapshot"))
     if not os.path.isdir(path):
-        shutil.copytree(common.REPO_ROOT / "gin", path)
+        _replace_tree(str(common.REPO_ROOT / "gin"), path)
     return path
+
+
+def _tree_contents(root: str) -> Dict[str, bytes]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, root)] = f.read()
+    return out
+
+
+def _replace_tree(src: str, dst: str) -> None:
+    """`dst` becomes a copy of `src`, written beside it and renamed into place."""
+    partial, old = dst + ".partial", dst + ".old"
+    for leftover in (partial, old):
+        if os.path.exists(leftover):
+            shutil.rmtree(leftover)
+    shutil.copytree(src, partial)
+    if os.path.exists(dst):
+        os.rename(dst, old)
+    os.rename(partial, dst)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def _current_gin_snapshot(model_root: str) -> Iterator[str]:
+    """While training: ``<model_root>/gin_snapshot`` equals this checkout's gin/. It is
+    refreshed only when its content differs, and never under another benchmark process
+    training from the same model_root (each holds a shared lock on
+    ``gin_snapshot.lock`` until its training ends): such a process reads the snapshot at
+    every run it starts, so replacing it would change its config mid-benchmark. Two
+    processes of the same checkout (e.g. different ``--seeds``) share it."""
+    import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+    path = os.path.abspath(os.path.join(model_root, "gin_snapshot"))
+    os.makedirs(model_root, exist_ok=True)
+    with open(path + ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            gin_dir = str(common.REPO_ROOT / "gin")
+            if not os.path.isdir(path) or _tree_contents(path) != _tree_contents(gin_dir):
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RuntimeError(
+                        f"{path} differs from {gin_dir} and another benchmark process is "
+                        "training from it: wait for it to finish, or use another "
+                        "--model_root") from None
+                _replace_tree(gin_dir, path)
+                fcntl.flock(lock, fcntl.LOCK_SH)
+            yield path
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _copy_run(src: str, dst: str) -> None:
@@ -404,16 +462,18 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
             start = time.time()
             if need_pre and pre_steps > 0:
                 pre_dir = os.path.join(model_root, f"seed{seed}", "_burn_in_pre_estimation")
-                if not _finished(pre_dir, pre_steps):
+            with common.run_dir_lock(burn_dir):     # also guards pre_dir, copied from it
+                if pre_dir is not None and not _finished(pre_dir, pre_steps):
                     if not _finished(burn_dir, pre_steps):
                         print(f"[reproduce] seed {seed}: shared burn-in to step {pre_steps} "
                               "(before the P² estimation epoch)", flush=True)
                         _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=pre_steps)
                     if _finished(burn_dir, pre_steps) and not _finished(burn_dir, pre_steps + 1):
                         _copy_run(burn_dir, pre_dir)
-            if not _finished(burn_dir, burn_steps):
-                print(f"[reproduce] seed {seed}: shared burn-in, {burn_steps} steps", flush=True)
-                _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=burn_steps)
+                if not _finished(burn_dir, burn_steps):
+                    print(f"[reproduce] seed {seed}: shared burn-in, {burn_steps} steps",
+                          flush=True)
+                    _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=burn_steps)
             burn_seconds = time.time() - start
         for method in cfg.methods:
             run_dir = os.path.join(model_root, f"seed{seed}", method)
@@ -427,23 +487,25 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
                 group = lee_phase1_group(method)
                 if cfg.share_burn_in and lee_groups[group] > 1:
                     source = os.path.join(model_root, f"seed{seed}", group)
-                    if not _finished(run_dir, total_steps) and \
-                            not _finished(source, lee_phase1_steps):
-                        print(f"[reproduce] seed {seed}: Lee phase 1 shared by the "
-                              f"{group} arms, {lee_phase1_steps} steps", flush=True)
-                        shared_start = time.time()
-                        _train(cfg, source, method, seed, stop_at_step=lee_phase1_steps)
-                        lee_seconds[group] = time.time() - shared_start
+                    with common.run_dir_lock(source):
+                        if not _finished(run_dir, total_steps) and \
+                                not _finished(source, lee_phase1_steps):
+                            print(f"[reproduce] seed {seed}: Lee phase 1 shared by the "
+                                  f"{group} arms, {lee_phase1_steps} steps", flush=True)
+                            shared_start = time.time()
+                            _train(cfg, source, method, seed, stop_at_step=lee_phase1_steps)
+                            lee_seconds[group] = time.time() - shared_start
                 shared_seconds = lee_seconds.get(group, 0.0)
             elif estimates_quantiles_from_ground_truth(method):
                 source = pre_dir    # None: from scratch (no shared part before estimation)
-            if not _finished(run_dir, total_steps):
-                if source is not None:
-                    _start_from(source, run_dir)
-                print(f"[reproduce] seed {seed}: {method}, to step {total_steps}", flush=True)
-                result = _train(cfg, run_dir, method, seed)
-            else:
-                result = {}
+            result = {}
+            with common.run_dir_lock(run_dir):
+                if not _finished(run_dir, total_steps):
+                    if source is not None:
+                        _start_from(source, run_dir)
+                    print(f"[reproduce] seed {seed}: {method}, to step {total_steps}",
+                          flush=True)
+                    result = _train(cfg, run_dir, method, seed)
             info[f"{method}/seed{seed}"] = {
                 "model_dir": run_dir, "train_seconds": round(time.time() - start, 1),
                 "shared_burn_in_seconds": round(shared_seconds, 1),
@@ -1400,11 +1462,10 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     from coopnet_tf.data import synthetic  # pylint: disable=import-outside-toplevel
     test_pattern = synthetic.file_pattern(data_dir, "test")
     t0 = time.time()
+    train_info = {}
     if not cfg.eval_only:
-        snap = _gin_snapshot(dataclasses.replace(cfg, model_root=model_root))
-        shutil.rmtree(snap)
-        _gin_snapshot(dataclasses.replace(cfg, model_root=model_root))
-    train_info = {} if cfg.eval_only else train_all(cfg, model_root)
+        with _current_gin_snapshot(model_root):
+            train_info = train_all(cfg, model_root)
     train_seconds = time.time() - t0
     previous = _previous_training(cfg) if cfg.eval_only else None
     if previous is not None:

@@ -184,6 +184,84 @@ def test_an_interrupted_arm_resumes_from_its_own_checkpoint(tmp_path, monkeypatc
         rs.run(cfg, argv=["reproduce_synthetic.py"])
 
 
+def _fake_checkpoint(model_dir, step):
+    """The files `tf.train.latest_checkpoint` looks for, without TensorFlow."""
+    ckpt = pathlib.Path(model_dir) / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / f"ckpt-{step}.index").write_bytes(b"")
+    (ckpt / "checkpoint").write_text(f'model_checkpoint_path: "ckpt-{step}"\n')
+
+
+def test_two_processes_on_one_model_root_train_each_run_once(tmp_path, monkeypatch):
+    """Two benchmark invocations over the same seeds and model_root (threads here; the
+    locks are per open file, so the same as processes): every run, the shared burn-in and
+    its pre-estimation copy are trained once; the second invocation waits and reuses."""
+    import threading
+    import time
+    from benchmarks import reproduce_synthetic as rs
+    calls, guard = [], threading.Lock()
+
+    def fake_train(cfg, model_dir, method, seed, stop_at_step=None):
+        time.sleep(0.2)            # long enough for the other thread to arrive meanwhile
+        step = stop_at_step or cfg.num_epochs * cfg.steps_per_epoch
+        with guard:
+            calls.append((os.path.relpath(model_dir, tmp_path), step))
+        _fake_checkpoint(model_dir, step)
+        return {}
+
+    monkeypatch.setattr(rs, "_train", fake_train)
+    cfg = rs.Config(output_dir=str(tmp_path), methods=("coopnet", "coopnet_gt_inputs",
+                                                      "baseline"),
+                    seeds=(0,), num_epochs=3, steps_per_epoch=2, burn_in_epochs=2)
+    infos, errors = [], []
+
+    def invocation():
+        try:
+            infos.append(rs.train_all(cfg, str(tmp_path)))
+        except Exception as e:  # pylint: disable=broad-except
+            errors.append(e)
+    threads = [threading.Thread(target=invocation) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(calls) == sorted([
+        ("seed0/_burn_in", 2), ("seed0/_burn_in", 4), ("seed0/coopnet", 6),
+        ("seed0/coopnet_gt_inputs", 6), ("seed0/baseline", 6)])
+    assert rs._checkpoint_step(str(tmp_path / "seed0" / "_burn_in_pre_estimation")) == 2
+    assert len(infos) == 2 and infos[0].keys() == infos[1].keys()
+
+
+def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_process(
+        tmp_path, monkeypatch):
+    import fcntl
+    from benchmarks import reproduce_synthetic as rs
+    repo = tmp_path / "repo"
+    (repo / "gin").mkdir(parents=True)
+    (repo / "gin" / "a.gin").write_text("x = 1\n")
+    monkeypatch.setattr(rs.common, "REPO_ROOT", repo)
+    root = str(tmp_path / "runs")
+    snap = pathlib.Path(root) / "gin_snapshot"
+    with rs._current_gin_snapshot(root) as path:
+        assert path == str(snap) and (snap / "a.gin").read_text() == "x = 1\n"
+    inode = (snap / "a.gin").stat().st_ino
+    with rs._current_gin_snapshot(root):                     # unchanged: kept as it is
+        assert (snap / "a.gin").stat().st_ino == inode
+        with rs._current_gin_snapshot(root):                 # a second same-checkout user
+            pass
+    (repo / "gin" / "a.gin").write_text("x = 2\n")
+    with open(str(snap) + ".lock") as other:                 # another process trains
+        fcntl.flock(other, fcntl.LOCK_SH)
+        with pytest.raises(RuntimeError, match="another benchmark process"):
+            with rs._current_gin_snapshot(root):
+                pass
+        assert (snap / "a.gin").read_text() == "x = 1\n"     # its config untouched
+    with rs._current_gin_snapshot(root):                     # alone again: refreshed
+        assert (snap / "a.gin").read_text() == "x = 2\n"
+    assert not list(pathlib.Path(root).glob("gin_snapshot.*[!k]"))   # no .partial/.old
+
+
 def test_verdicts_follow_the_paired_intervals():
     from benchmarks import reproduce_synthetic as rs
 
