@@ -440,7 +440,8 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     ground-truth flow (``coopnet_gt_inputs``), the burn-in is stopped once before its P²
     estimation epoch, that checkpoint is kept (``_burn_in_pre_estimation``) and the arm
     resumes from it (the networks' training does not depend on Δ during the burn-in, and a
-    resumed run equals an uninterrupted one exactly, see docs/synthetic_benchmark.md).
+    resumed run equals an uninterrupted one exactly, see docs/synthetic_benchmark.md); the
+    burn-in runs to its end only when some arm resumes from there.
     The Lee et al. arms train from scratch (a different method with its own phases); arms
     that differ only in CSAC share their phase 1 (`lee_phase1_group`) when both are run.
     """
@@ -449,6 +450,9 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     burn_steps = cfg.burn_in_epochs * cfg.steps_per_epoch
     pre_steps = max(cfg.burn_in_epochs - 1, 0) * cfg.steps_per_epoch   # 1 estimation epoch
     need_pre = any(estimates_quantiles_from_ground_truth(m) for m in cfg.methods)
+    # the whole burn-in only when an arm resumes from it (not for GT-estimating arms alone)
+    need_full = any(not is_lee(m) and not estimates_quantiles_from_ground_truth(m)
+                    for m in cfg.methods)
     lee_groups = collections.Counter(lee_phase1_group(m) for m in cfg.methods if is_lee(m))
     lee_phase1_steps = (lee_phase_epochs(cfg.num_epochs)[0] * cfg.steps_per_epoch
                         if lee_groups else 0)
@@ -470,7 +474,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
                         _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=pre_steps)
                     if _finished(burn_dir, pre_steps) and not _finished(burn_dir, pre_steps + 1):
                         _copy_run(burn_dir, pre_dir)
-                if not _finished(burn_dir, burn_steps):
+                if need_full and not _finished(burn_dir, burn_steps):
                     print(f"[reproduce] seed {seed}: shared burn-in, {burn_steps} steps",
                           flush=True)
                     _train(cfg, burn_dir, BURN_IN_METHOD, seed, stop_at_step=burn_steps)

@@ -5,6 +5,7 @@ world) and `benchmarks/throughput.py` (eager mode, 64x64, batch 1) end to end wi
 ResNet10 encoders (conftest.TINY_ENCODERS) and checks the JSON they write. The numbers
 are meaningless here.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -231,6 +232,11 @@ def test_two_processes_on_one_model_root_train_each_run_once(tmp_path, monkeypat
         ("seed0/coopnet_gt_inputs", 6), ("seed0/baseline", 6)])
     assert rs._checkpoint_step(str(tmp_path / "seed0" / "_burn_in_pre_estimation")) == 2
     assert len(infos) == 2 and infos[0].keys() == infos[1].keys()
+    # a GT-estimating arm alone needs the burn-in only up to its estimation epoch
+    calls.clear()
+    rs.train_all(dataclasses.replace(cfg, methods=("coopnet_gt_inputs",), seeds=(1,)),
+                 str(tmp_path))
+    assert calls == [("seed1/_burn_in", 2), ("seed1/coopnet_gt_inputs", 6)]
 
 
 def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_process(
