@@ -107,6 +107,11 @@ def gpu_names() -> List[str]:
     return names
 
 
+def device_tag() -> str:
+    """``gpu`` or ``cpu``: the suffix of a result file, so that both can be committed."""
+    return "gpu" if gpu_names() else "cpu"
+
+
 def run_metadata(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """Where, when and how a benchmark ran."""
     versions = {"python": platform.python_version()}

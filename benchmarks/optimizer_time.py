@@ -77,7 +77,7 @@ def main(argv=None):
         [f"{len(variables)} variables", "keras Adam (ms)", "FusedAdam (ms)", "fused / keras"],
         rows)
     print(table)
-    device = "gpu" if common.gpu_names() else "cpu"
+    device = common.device_tag()
     path = common.write_json(
         os.path.join(a.output_dir, f"optimizer_time_{device}.json"),
         {"metadata": common.finish_metadata(meta, start), "config": vars(a),

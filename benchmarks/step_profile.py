@@ -328,7 +328,7 @@ def main(argv=None):
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",") if s]
     layers = [int(v) for v in a.flow_layers.split(",")]
     layers += [layers[-1]] * (len(sizes) - len(layers))
-    device = "gpu" if meta["machine"]["gpus"] else "cpu"
+    device = common.device_tag()
     result = {"benchmark": "step_profile", "device": device.upper(), "method": (
         "timed sub-functions with gradients, interleaved rounds, medians; see the module "
         "docstring"), "sizes": {}}

@@ -2,7 +2,8 @@ r"""Median time of the post-burn-in CoopNet training step of the synthetic confi
 
     python benchmarks/step_time.py                        # this checkout
     python benchmarks/step_time.py --repo=/path/to/old    # another checkout (an A/B of two commits)
-    python benchmarks/step_time.py --deterministic_ops    # with op determinism on
+    python benchmarks/step_time.py --deterministic_ops    # with the trainer's determinism on
+    python benchmarks/step_time.py --compare_determinism --rounds=2   # the A/B, one run
 
 64x192, batch 4, random initialisation: depth and pose nets of the factories, the flow
 ResNet18 with gin/synthetic.gin's decoder channels, the coopnet apportionment, one
@@ -10,28 +11,39 @@ ResNet18 with gin/synthetic.gin's decoder channels, the coopnet apportionment, o
 fixed random batch. Prints the first (traced) call's time and the median of ``--steps``
 further calls. Run two checkouts back to back on the same machine to compare code, not
 machines (docs/training.md, "Synthetic run").
+
+``--deterministic_ops``: what ``train_and_evaluate.deterministic_ops = True`` does
+(`training.determinism.set_op_determinism`: op determinism and Grappler's memory optimizer
+off). ``--compare_determinism``: fresh interpreters with the switch off and on, interleaved
+(off, on, off, on, ...) so that load drifts hit both alike; a table of the medians (first
+call, step, peak resident memory of the process) and their ratios, written to
+``<output_dir>/determinism_cost_<cpu|gpu>.json``.
 """
 import argparse
+import json
 import os
+import pathlib
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--deterministic_ops", action="store_true")
-    a = p.parse_args(argv)
+def child(repo: str, steps: int, deterministic_ops: bool) -> dict:
+    """One measurement in this interpreter; returns seconds and peak memory."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, a.repo)
+    sys.path.insert(0, repo)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from coopnet_tf import models, specs  # pylint: disable=import-outside-toplevel
     from coopnet_tf.losses import apportion  # pylint: disable=import-outside-toplevel
     from coopnet_tf.training import step as step_lib  # pylint: disable=import-outside-toplevel
-    if a.deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
+    if deterministic_ops:
+        try:
+            from coopnet_tf.training import determinism  # pylint: disable=import-outside-toplevel
+            determinism.set_op_determinism(True)
+        except ImportError:            # an old checkout (--repo): op determinism only
+            tf.config.experimental.enable_op_determinism()
     height, width, batch_size = 64, 192, 4
     tf.keras.utils.set_random_seed(0)
     step = step_lib.CoopTrainStep(
@@ -58,10 +70,64 @@ def main(argv=None):
         return time.perf_counter() - start
 
     first = timed(0)
-    times = [timed(i + 1) for i in range(a.steps)]
-    print(f"repo {a.repo}: first call {first:.1f} s, median step {statistics.median(times):.2f} s "
-          f"over {a.steps} ({', '.join(f'{t:.2f}' for t in times)}); deterministic_ops="
-          f"{a.deterministic_ops}")
+    times = [timed(i + 1) for i in range(steps)]
+    return {"first_call_s": first, "step_median_s": statistics.median(times), "steps_s": times,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "deterministic_ops": deterministic_ops}
+
+
+def compare_determinism(a) -> dict:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from benchmarks import common  # pylint: disable=import-outside-toplevel
+    meta = common.run_metadata(sys.argv)
+    start = time.time()
+    runs = {False: [], True: []}
+    for r in range(a.rounds):
+        for det in (False, True):
+            cmd = [sys.executable, __file__, f"--repo={a.repo}", f"--steps={a.steps}",
+                   "--_child"] + (["--deterministic_ops"] if det else [])
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            runs[det].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"round {r}, deterministic_ops={det}: {runs[det][-1]}", flush=True)
+    keys = ("first_call_s", "step_median_s", "peak_rss_mb")
+    med = {det: {k: statistics.median(x[k] for x in runs[det]) for k in keys}
+           for det in runs}
+    ratios = {k: med[True][k] / med[False][k] for k in keys}
+    rows = [[k, common.fmt(med[False][k], 3), common.fmt(med[True][k], 3),
+             common.fmt(ratios[k], 3)] for k in keys]
+    table = common.markdown_table(["median over rounds", "off", "on", "on / off"], rows)
+    print(table)
+    payload = {"metadata": common.finish_metadata(meta, start), "config": vars(a),
+               "runs": {str(k).lower(): v for k, v in runs.items()}, "medians":
+               {str(k).lower(): v for k, v in med.items()}, "ratios": ratios, "table": table}
+    name = f"determinism_cost_{common.device_tag()}.json"
+    common.write_json(os.path.join(a.output_dir, name), payload)
+    return payload
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--deterministic_ops", action="store_true")
+    p.add_argument("--compare_determinism", action="store_true")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--output_dir", default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.compare_determinism:
+        compare_determinism(a)
+        return
+    out = child(a.repo, a.steps, a.deterministic_ops)
+    if a._child:  # pylint: disable=protected-access
+        print(json.dumps(out))
+        return
+    times = out["steps_s"]
+    print(f"repo {a.repo}: first call {out['first_call_s']:.1f} s, median step "
+          f"{out['step_median_s']:.2f} s over {a.steps} ({', '.join(f'{t:.2f}' for t in times)}); "
+          f"deterministic_ops={a.deterministic_ops}, peak RSS {out['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

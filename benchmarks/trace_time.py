@@ -154,7 +154,7 @@ def main(argv=None):
                                    "identical graphs"], rows)
     print(table)
     meta = common.finish_metadata(meta, start)
-    device = "gpu" if common.gpu_names() else "cpu"
+    device = common.device_tag()
     path = common.write_json(os.path.join(a.output_dir, f"trace_time_{device}.json"),
                              {"metadata": meta, "config": vars(a) | {"size": SIZE},
                               "results": summary, "table": table})
