@@ -125,6 +125,37 @@ def test_fused_adam_equals_keras_adam_to_float32_rounding():
     assert type(optimizers.make_optimizer(fused=False)) is keras.optimizers.Adam
 
 
+def test_fused_adam_is_one_kernel_per_variable_and_bitwise_the_kernel_loop():
+    """The step's scalars are formed once per apply: a traced apply grows by the kernel and
+    its three captured handles per variable (it was 17 ops with per-variable scalars), and
+    the weights equal, bitwise, a plain loop of `ResourceApplyAdam` with β^t, lr, ε formed
+    per variable (the formula in its simplest form)."""
+    def num_ops(count):
+        variables = [keras.Variable(tf.zeros([3])) for _ in range(count)]
+        opt = optimizers.FusedAdam(1e-3)
+        opt.build(variables)
+        fn = tf.function(lambda: opt.apply([tf.ones([3])] * count, variables),
+                         autograph=False)
+        return len(fn.get_concrete_function().graph.get_operations())
+    per_variable = (num_ops(7) - num_ops(3)) / 4
+    assert per_variable <= 5, per_variable   # kernel, var/m/v handles, Keras' Identity
+
+    fused_vars, _ = _adam_pair(optimizers.FusedAdam)
+    rng = np.random.RandomState(0)
+    ref_vars = [tf.Variable(rng.randn(*s).astype(np.float32)) for s in SHAPES]
+    slots = [(tf.Variable(tf.zeros(s)), tf.Variable(tf.zeros(s))) for s in SHAPES]
+    for t in range(1, 21):
+        grads = [tf.constant(rng.randn(*s).astype(np.float32) * 10.0 ** rng.uniform(-6, 2))
+                 for s in SHAPES]
+        for var, (m, v), grad in zip(ref_vars, slots, grads):
+            tf.raw_ops.ResourceApplyAdam(     # float32 powers, as Keras' Adam forms them
+                var=var.handle, m=m.handle, v=v.handle, beta1_power=tf.pow(0.9, float(t)),
+                beta2_power=tf.pow(0.999, float(t)), lr=1e-3, beta1=0.9, beta2=0.999,
+                epsilon=1e-7, grad=grad)
+    for ref, fused in zip(ref_vars, fused_vars):
+        np.testing.assert_array_equal(fused.numpy(), ref.numpy())
+
+
 def test_fused_adam_under_mirrored_strategy_equals_one_device():
     """Two logical CPUs, each replica its own gradient: every replica's copy equals one
     device's FusedAdam on the summed gradient (Keras all-reduces with SUM)."""
