@@ -14,10 +14,10 @@ machines (docs/training.md, "Synthetic run").
 
 ``--deterministic_ops``: what ``train_and_evaluate.deterministic_ops = True`` does
 (`training.determinism.set_op_determinism`: op determinism and Grappler's memory optimizer
-off). ``--compare_determinism``: fresh interpreters with the switch off and on, interleaved
-(off, on, off, on, ...) so that load drifts hit both alike; a table of the medians (first
-call, step, peak resident memory of the process) and their ratios, written to
-``<output_dir>/determinism_cost_<cpu|gpu>.json``.
+off). ``--compare_determinism``: fresh interpreters with the switch off and on, in ABBA
+order (off, on, on, off, ...) so that a steady drift of the load hits both alike; a table
+of the medians (first call, step, peak resident memory of the process) and their ratios,
+written to ``<output_dir>/determinism_cost_<cpu|gpu>.json``.
 """
 import argparse
 import json
@@ -83,7 +83,8 @@ def compare_determinism(a) -> dict:
     start = time.time()
     runs = {False: [], True: []}
     for r in range(a.rounds):
-        for det in (False, True):
+        # ABBA order (off, on, on, off, ...): a steady drift of the machine's load cancels
+        for det in ((False, True) if r % 2 == 0 else (True, False)):
             cmd = [sys.executable, __file__, f"--repo={a.repo}", f"--steps={a.steps}",
                    "--_child"] + (["--deterministic_ops"] if det else [])
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True,

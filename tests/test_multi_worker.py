@@ -5,8 +5,9 @@ logical CPUs.
   `train_and_evaluate(distribution='multi_worker')` on the 64x64 synthetic world
   (`multi_worker_worker.py`): CoopNet for 2 steps, Lee et al. for 3 (one per phase, the
   last training both networks on one objective with boxes). Both must finish (exit 0)
-  and hold the same trainable weights (and, for CoopNet, P² state); their BatchNorm moving statistics differ (not synchronised, see
-  docs/reliability.md "Distribution"; the test prints by how much). Before the lazy flip
+  and hold the same trainable weights (and, for CoopNet, P² state); their BatchNorm
+  moving statistics differ (not synchronised, see docs/reliability.md "Distribution"; the
+  test prints by how much). Before the lazy flip
   matrix of `data/augment.py`, both exited after seconds with "Collective ops must be
   configured at program startup".
 * `make_distribution_strategy('mirrored', num_logical_cpus=2)` in a fresh process splits
