@@ -40,7 +40,7 @@ from benchmarks import common  # noqa: E402
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 REFUSAL_EXIT = 3
 KEYS = ("device", "config", "train_step", "largest_batch", "quantiles", "pipeline",
-        "two_replica", "serving", "metadata")
+        "two_replica", "serving", "determinism", "metadata")
 
 
 @dataclasses.dataclass
@@ -58,7 +58,8 @@ class SuiteConfig:
     pipeline_batches: int = 40
     serving: bool = True
     latency_iters: int = 20
-    budget_s: float = 420.0   # stop optional work (batch search) after this
+    budget_s: float = 420.0   # stop optional work (batch search, determinism) after this
+    determinism: bool = True  # step time with the determinism switch off vs on
     output: str = "benchmarks/results/device_suite_gpu.json"
 
     @classmethod
@@ -66,7 +67,8 @@ class SuiteConfig:
         """The reduced CPU version: the synthetic config's size and flow net, few calls."""
         base = dict(height=64, width=192, batch_size=4, flow_layers=18, max_batch=8,
                     warmup=1, iters=2, p2_iters=3, pipeline_batches=10, latency_iters=3,
-                    budget_s=480.0, output="benchmarks/results/device_suite_cpu.json")
+                    budget_s=480.0, determinism=False,   # CPU: step_time.py, on its own
+                    output="benchmarks/results/device_suite_cpu.json")
         base.update(overrides)
         return cls(**base)
 
@@ -212,6 +214,19 @@ def run(cfg: SuiteConfig, mode: str, argv=None, log=print) -> Dict[str, object]:
     else:
         result["serving"] = {"skipped": "disabled" if not cfg.serving else "no float32 step"}
 
+    # train_and_evaluate.deterministic_ops: its cost on this device (synthetic config's
+    # step, 64x192, two fresh interpreters; docs/synthetic_benchmark.md "Determinism")
+    if not cfg.determinism:
+        result["determinism"] = {"skipped": "disabled"}
+    elif time.time() - start > cfg.budget_s:
+        result["determinism"] = {"skipped": f"time budget {cfg.budget_s:.0f} s reached"}
+    else:
+        from benchmarks import step_time  # pylint: disable=import-outside-toplevel
+        log("[device_suite] determinism switch off vs on")
+        det = step_time.compare_determinism(str(common.REPO_ROOT), steps=cfg.iters, rounds=1,
+                                            log=log)
+        result["determinism"] = {k: det[k] for k in ("medians", "ratios", "table")}
+
     meta["uptime_end"] = _uptime()
     result["metadata"] = common.finish_metadata(meta, start)
     common.write_json(cfg.output, result)
@@ -240,6 +255,7 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--budget_s", type=float, default=None)
     p.add_argument("--no_serving", action="store_true")
+    p.add_argument("--no_determinism", action="store_true")
     a = p.parse_args(argv)
     cpu = a.cpu or os.environ.get("COOPNET_SUITE_CPU", "") == "1"
 
@@ -249,8 +265,8 @@ def main(argv=None) -> int:
               "machine with a GPU, or pass --cpu (or COOPNET_SUITE_CPU=1) for the reduced "
               "CPU version.", file=sys.stderr)
         return REFUSAL_EXIT
-    overrides = {k: v for k, v in vars(a).items()
-                 if v is not None and k not in ("cpu", "policies", "xla", "no_serving")}
+    flags = ("cpu", "policies", "xla", "no_serving", "no_determinism")
+    overrides = {k: v for k, v in vars(a).items() if v is not None and k not in flags}
     if a.policies:
         overrides["policies"] = tuple(x.strip() for x in a.policies.split(",") if x.strip())
         bad = [x for x in overrides["policies"] if x not in POLICIES]
@@ -260,6 +276,8 @@ def main(argv=None) -> int:
         overrides["xla"] = tuple(bool(int(x)) for x in a.xla.split(","))
     if a.no_serving:
         overrides["serving"] = False
+    if a.no_determinism:
+        overrides["determinism"] = False
     cfg = SuiteConfig.cpu(**overrides) if cpu else SuiteConfig(**overrides)
     run(cfg, "cpu" if cpu else "gpu",
         argv=[sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))

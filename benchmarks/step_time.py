@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 
 def child(repo: str, steps: int, deterministic_ops: bool) -> dict:
@@ -76,21 +77,24 @@ def child(repo: str, steps: int, deterministic_ops: bool) -> dict:
             "deterministic_ops": deterministic_ops}
 
 
-def compare_determinism(a) -> dict:
+def compare_determinism(repo: str, steps: int, rounds: int,
+                        output_dir: Optional[str] = None, log=print) -> dict:
+    """The A/B of the determinism switch (module docstring); writes
+    ``<output_dir>/determinism_cost_<cpu|gpu>.json`` when `output_dir` is given."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from benchmarks import common  # pylint: disable=import-outside-toplevel
     meta = common.run_metadata(sys.argv)
     start = time.time()
     runs = {False: [], True: []}
-    for r in range(a.rounds):
+    for r in range(rounds):
         # ABBA order (off, on, on, off, ...): a steady drift of the machine's load cancels
         for det in ((False, True) if r % 2 == 0 else (True, False)):
-            cmd = [sys.executable, __file__, f"--repo={a.repo}", f"--steps={a.steps}",
+            cmd = [sys.executable, __file__, f"--repo={repo}", f"--steps={steps}",
                    "--_child"] + (["--deterministic_ops"] if det else [])
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True,
                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
             runs[det].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(f"round {r}, deterministic_ops={det}: {runs[det][-1]}", flush=True)
+            log(f"round {r}, deterministic_ops={det}: {runs[det][-1]}")
     keys = ("first_call_s", "step_median_s", "peak_rss_mb")
     med = {det: {k: statistics.median(x[k] for x in runs[det]) for k in keys}
            for det in runs}
@@ -98,12 +102,14 @@ def compare_determinism(a) -> dict:
     rows = [[k, common.fmt(med[False][k], 3), common.fmt(med[True][k], 3),
              common.fmt(ratios[k], 3)] for k in keys]
     table = common.markdown_table(["median over rounds", "off", "on", "on / off"], rows)
-    print(table)
-    payload = {"metadata": common.finish_metadata(meta, start), "config": vars(a),
+    log(table)
+    payload = {"metadata": common.finish_metadata(meta, start),
+               "config": {"repo": repo, "steps": steps, "rounds": rounds},
                "runs": {str(k).lower(): v for k, v in runs.items()}, "medians":
                {str(k).lower(): v for k, v in med.items()}, "ratios": ratios, "table": table}
-    name = f"determinism_cost_{common.device_tag()}.json"
-    common.write_json(os.path.join(a.output_dir, name), payload)
+    if output_dir:
+        name = f"determinism_cost_{common.device_tag()}.json"
+        common.write_json(os.path.join(output_dir, name), payload)
     return payload
 
 
@@ -119,7 +125,7 @@ def main(argv=None):
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.compare_determinism:
-        compare_determinism(a)
+        compare_determinism(a.repo, a.steps, a.rounds, a.output_dir)
         return
     out = child(a.repo, a.steps, a.deterministic_ops)
     if a._child:  # pylint: disable=protected-access

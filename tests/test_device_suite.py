@@ -1,4 +1,5 @@
 """benchmarks/device_suite.sh: refuses without a GPU; the CPU mode writes every key (tiny)."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -71,4 +72,13 @@ def test_cpu_mode_writes_every_key(tmp_path, monkeypatch):
     assert data["quantiles"]["sequential_iterations_per_step"] == {"p2": 4096, "summary": 0}
     assert data["pipeline"]["ratio_to_fastest_step"] == pytest.approx(1.0)
     assert "skipped" in data["two_replica"] and "skipped" in data["serving"]
+    assert data["determinism"] == {"skipped": "disabled"}      # the CPU mode's default
     assert "uptime_start" in data["metadata"]
+    # with the determinism part: the A/B's medians, ratios and table (stubbed here)
+    from benchmarks import step_time
+    seen = []
+    monkeypatch.setattr(step_time, "compare_determinism", lambda repo, steps, rounds, log: (
+        seen.append((steps, rounds)) or {"medians": 1, "ratios": 2, "table": 3, "runs": 4}))
+    device_suite.run(dataclasses.replace(cfg, determinism=True), "cpu", log=lambda *_: None)
+    assert json.loads(out.read_text())["determinism"] == {"medians": 1, "ratios": 2, "table": 3}
+    assert seen == [(cfg.iters, 1)]
