@@ -29,7 +29,12 @@ Each setting trains in ``<model_root>/<setting>/run`` (default model_root
 ``benchmarks/results/runs/flow_competence``, git-ignored) with its own gin snapshot; a
 finished setting is not retrained, its result is kept in ``<setting>/competence.json``,
 and every invocation rewrites ``<output_dir>/flow_competence.json`` (+ ``.md``) from all
-finished settings, so settings can be trained by separate processes.
+finished settings, so settings can be trained by separate processes. A longer burn-in
+(``burn6``, ``burn9``) continues from the longest finished setting with the same other
+tokens in the same order and a shorter burn-in (``pyramid+burn6`` from ``pyramid``,
+``burn6`` from ``current``; `shorter_burn_in_settings`): exact, since the burn-in's
+training does not depend on where it ends (tests/test_train_loop.py); ``resumed_from``
+and ``steps_from_resume`` in the result say so, ``train_seconds`` is the resumed part.
 """
 import argparse
 import dataclasses
@@ -125,8 +130,29 @@ def _steps(bcfg: rs.Config, post: bool) -> int:
     return (bcfg.burn_in_epochs + (1 if post else 0)) * bcfg.steps_per_epoch
 
 
+BURN_TOKENS = ("burn6", "burn9")   # longer burn-ins, shortest first ("": the default 3)
+
+
+def shorter_burn_in_settings(setting: str) -> List[str]:
+    """The settings that train exactly as `setting` up to their own (shorter) burn-in end,
+    longest first: the same tokens with a shorter burn token. During the burn-in the
+    networks' training does not depend on where it ends (the learning rate is constant
+    until after it, the P² estimators run only in its last epoch, reset at each epoch start
+    and touch no network: tests/test_train_loop.py), so a longer burn-in may continue
+    from a shorter one's checkpoint. None for ``post`` settings (they resume from their
+    burn-in already)."""
+    tokens = [t for t in setting.split("+") if t]
+    burns = [t for t in tokens if t in BURN_TOKENS]
+    if POST in tokens or not burns:
+        return []
+    rest = [t for t in tokens if t not in BURN_TOKENS]
+    shorter = list(reversed([""] + list(BURN_TOKENS[:BURN_TOKENS.index(burns[-1])])))
+    return ["+".join(rest + ([b] if b else [])) or "current" for b in shorter]
+
+
 def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
-    """Trains `setting` (and, for ``post``, its burn-in first); returns timing info."""
+    """Trains `setting` (and, for ``post``, its burn-in first; for a longer burn-in, from
+    the longest finished shorter one); returns timing info."""
     _, _, post, base = parse_setting(setting)
     bcfg = bench_config(cfg, setting)
     run_dir = os.path.join(bcfg.model_root, "run")
@@ -134,6 +160,15 @@ def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
     info = {"steps": steps, "train_seconds": 0.0, "resumed_from": None}
     if rs._finished(run_dir, steps):  # pylint: disable=protected-access
         return _load(os.path.join(bcfg.model_root, "competence.json")).get("training", info)
+    for shorter in shorter_burn_in_settings(setting):
+        short_cfg = bench_config(cfg, shorter)
+        short_dir = os.path.join(short_cfg.model_root, "run")
+        short_steps = _steps(short_cfg, False)
+        if rs._finished(short_dir, short_steps):  # pylint: disable=protected-access
+            rs._start_from(short_dir, run_dir)  # pylint: disable=protected-access
+            info["resumed_from"] = shorter
+            info["steps_from_resume"] = steps - short_steps
+            break
     if post:
         base_cfg = bench_config(cfg, base)
         base_dir = os.path.join(base_cfg.model_root, "run")

@@ -268,6 +268,32 @@ def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_proces
     assert not list(pathlib.Path(root).glob("gin_snapshot.*[!k]"))   # no .partial/.old
 
 
+def test_flow_competence_continues_a_longer_burn_in_from_a_shorter_one(tmp_path, monkeypatch):
+    from benchmarks import flow_competence as fc
+    from benchmarks import reproduce_synthetic as rs
+    assert fc.shorter_burn_in_settings("burn9+pixel_smooth") == ["pixel_smooth+burn6",
+                                                                 "pixel_smooth"]
+    assert fc.shorter_burn_in_settings("burn6") == ["current"]
+    assert fc.shorter_burn_in_settings("pyramid") == []
+    assert fc.shorter_burn_in_settings("burn6+post") == []
+    trained = []
+
+    def fake_train(bcfg, model_dir, method, seed, stop_at_step=None):
+        trained.append((os.path.relpath(model_dir, tmp_path), rs._checkpoint_step(model_dir),
+                        stop_at_step))
+        _fake_checkpoint(model_dir, stop_at_step)
+        return {}
+
+    monkeypatch.setattr(rs, "_train", fake_train)
+    cfg = fc.Config(model_root=str(tmp_path))
+    info = fc.train_setting(cfg, "burn6")                 # nothing shorter yet: from scratch
+    assert trained == [("burn6/run", -1, 540)] and info["resumed_from"] is None
+    fc.train_setting(cfg, "current")
+    info = fc.train_setting(cfg, "burn9")                 # the longest finished one: burn6
+    assert trained[-1] == ("burn9/run", 540, 810)
+    assert info["resumed_from"] == "burn6" and info["steps_from_resume"] == 270
+
+
 def test_verdicts_follow_the_paired_intervals():
     from benchmarks import reproduce_synthetic as rs
 
