@@ -385,28 +385,34 @@ def _current_gin_snapshot(model_root: str) -> Iterator[str]:
     refreshed only when its content differs, and never under another benchmark process
     training from the same model_root (each holds a shared lock on
     ``gin_snapshot.lock`` until its training ends): such a process reads the snapshot at
-    every run it starts, so replacing it would change its config mid-benchmark. Two
-    processes of the same checkout (e.g. different ``--seeds``) share it."""
+    every run it starts, so replacing it would change its config mid-benchmark. Processes
+    of the same checkout (e.g. different ``--seeds``, started together) share it: the
+    check-and-refresh is serialised by ``gin_snapshot.refresh.lock``."""
     import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
     path = os.path.abspath(os.path.join(model_root, "gin_snapshot"))
+    gin_dir = str(common.REPO_ROOT / "gin")
     os.makedirs(model_root, exist_ok=True)
-    with open(path + ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        try:
-            gin_dir = str(common.REPO_ROOT / "gin")
+    with open(path + ".lock", "a+") as in_use:
+        with open(path + ".refresh.lock", "a+") as refresh:
+            fcntl.flock(refresh, fcntl.LOCK_EX)      # one starting process at a time
+            try:
+                fcntl.flock(in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:                   # others train from the snapshot
+                alone = False
+            fcntl.flock(in_use, fcntl.LOCK_SH)         # (a downgrade when alone)
             if not os.path.isdir(path) or _tree_contents(path) != _tree_contents(gin_dir):
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not alone:
+                    fcntl.flock(in_use, fcntl.LOCK_UN)
                     raise RuntimeError(
                         f"{path} differs from {gin_dir} and another benchmark process is "
                         "training from it: wait for it to finish, or use another "
-                        "--model_root") from None
+                        "--model_root")
                 _replace_tree(gin_dir, path)
-                fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
             yield path
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(in_use, fcntl.LOCK_UN)
 
 
 def _copy_run(src: str, dst: str) -> None:

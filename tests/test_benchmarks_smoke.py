@@ -244,6 +244,7 @@ def test_two_processes_on_one_model_root_train_each_run_once(tmp_path, monkeypat
 def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_process(
         tmp_path, monkeypatch):
     import fcntl
+    import time
     from benchmarks import reproduce_synthetic as rs
     repo = tmp_path / "repo"
     (repo / "gin").mkdir(parents=True)
@@ -268,6 +269,37 @@ def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_proces
     with rs._current_gin_snapshot(root):                     # alone again: refreshed
         assert (snap / "a.gin").read_text() == "x = 2\n"
     assert not list(pathlib.Path(root).glob("gin_snapshot.*[!k]"))   # no .partial/.old
+    # two processes of one (changed) checkout starting together: one refreshes, both run
+    import threading
+    (repo / "gin" / "a.gin").write_text("x = 3\n")
+    seen, errors = [], []
+    # make them meet: each start's first content check waits (up to 1 s) for the other's;
+    # without serialised check-and-refresh both saw the old snapshot and both refused
+    barrier, real_contents, waited = threading.Barrier(2, timeout=1.0), rs._tree_contents, set()
+
+    def contents_after_meeting(path):
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+        return real_contents(path)
+    monkeypatch.setattr(rs, "_tree_contents", contents_after_meeting)
+
+    def start():
+        try:
+            with rs._current_gin_snapshot(root):
+                seen.append((snap / "a.gin").read_text())
+                time.sleep(0.2)                              # both inside at once
+        except RuntimeError as e:
+            errors.append(e)
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and seen == ["x = 3\n"] * 2
 
 
 def test_flow_competence_continues_a_longer_burn_in_from_a_shorter_one(tmp_path, monkeypatch):
