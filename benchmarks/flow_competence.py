@@ -29,12 +29,14 @@ Each setting trains in ``<model_root>/<setting>/run`` (default model_root
 ``benchmarks/results/runs/flow_competence``, git-ignored) with its own gin snapshot; a
 finished setting is not retrained, its result is kept in ``<setting>/competence.json``,
 and every invocation rewrites ``<output_dir>/flow_competence.json`` (+ ``.md``) from all
-finished settings, so settings can be trained by separate processes. A longer burn-in
-(``burn6``, ``burn9``) continues from the longest finished setting with the same other
-tokens in the same order and a shorter burn-in (``pyramid+burn6`` from ``pyramid``,
-``burn6`` from ``current``; `shorter_burn_in_settings`): exact, since the burn-in's
-training does not depend on where it ends (tests/test_train_loop.py); ``resumed_from``
-and ``steps_from_resume`` in the result say so, ``train_seconds`` is the resumed part.
+finished settings, so settings can be trained by separate processes (each run under a
+lock, ``<setting>/run.lock``: overlapping ``--levers`` wait instead of training one
+setting twice). A longer burn-in (``burn6``, ``burn9``) continues from the longest
+finished setting with the same other tokens in the same order and a shorter burn-in
+(``pyramid+burn6`` from ``pyramid``, ``burn6`` from ``current``;
+`shorter_burn_in_settings`): exact, since the burn-in's training does not depend on where
+it ends (tests/test_train_loop.py); ``resumed_from`` and ``steps_from_resume`` in the
+result say so, ``train_seconds`` is the resumed part.
 """
 import argparse
 import dataclasses
@@ -153,9 +155,14 @@ def shorter_burn_in_settings(setting: str) -> List[str]:
 def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
     """Trains `setting` (and, for ``post``, its burn-in first; for a longer burn-in, from
     the longest finished shorter one); returns timing info."""
+    run_dir = os.path.join(bench_config(cfg, setting).model_root, "run")
+    with common.run_dir_lock(run_dir):     # another process training it: wait, then reuse
+        return _train_setting(cfg, setting, run_dir)
+
+
+def _train_setting(cfg: Config, setting: str, run_dir: str) -> Dict[str, object]:
     _, _, post, base = parse_setting(setting)
     bcfg = bench_config(cfg, setting)
-    run_dir = os.path.join(bcfg.model_root, "run")
     steps = _steps(bcfg, post)
     info = {"steps": steps, "train_seconds": 0.0, "resumed_from": None}
     if rs._finished(run_dir, steps):  # pylint: disable=protected-access

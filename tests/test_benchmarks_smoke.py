@@ -326,6 +326,18 @@ def test_flow_competence_continues_a_longer_burn_in_from_a_shorter_one(tmp_path,
     info = fc.train_setting(cfg, "burn9")                 # the longest finished one: burn6
     assert trained[-1] == ("burn9/run", 540, 810)
     assert info["resumed_from"] == "burn6" and info["steps_from_resume"] == 270
+    # two processes with overlapping --levers (threads here): the setting trains once
+    import threading
+    import time
+    slow_train = fake_train
+    monkeypatch.setattr(rs, "_train", lambda *a, **k: (time.sleep(0.2), slow_train(*a, **k))[1])
+    threads = [threading.Thread(target=fc.train_setting, args=(cfg, "bwd_photo"))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [t for t in trained if t[0] == "bwd_photo/run"] == [("bwd_photo/run", -1, 270)]
 
 
 def test_verdicts_follow_the_paired_intervals():
