@@ -5,7 +5,8 @@
   to where and how it was measured;
 * `markdown_table()` / `fmt()`: the markdown tables the scripts print and write;
 * `write_json()` (atomic), `median_time()` (timing with warm-up), `mean_spread()`;
-* `run_dir_lock()`: one process at a time trains a run directory.
+* `run_dir_lock()`: one process at a time trains a run directory;
+* `json_from_child()`: a measurement in a fresh interpreter, its last stdout line as JSON.
 
 No TensorFlow import at module level (the smoke test imports this cheaply).
 """
@@ -60,6 +61,15 @@ def run_dir_lock(run_dir: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def json_from_child(args: Sequence[str]) -> object:
+    """Runs ``python args...`` in a fresh interpreter (TensorFlow's C++ logging quiet) and
+    returns the JSON of its last stdout line; a failing child raises CalledProcessError
+    (its stdout and stderr attached)."""
+    proc = subprocess.run([sys.executable] + list(args), check=True, capture_output=True,
+                          text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def load_average() -> Optional[List[float]]:

@@ -155,14 +155,15 @@ def shorter_burn_in_settings(setting: str) -> List[str]:
 def train_setting(cfg: Config, setting: str) -> Dict[str, object]:
     """Trains `setting` (and, for ``post``, its burn-in first; for a longer burn-in, from
     the longest finished shorter one); returns timing info."""
-    run_dir = os.path.join(bench_config(cfg, setting).model_root, "run")
-    with common.run_dir_lock(run_dir):     # another process training it: wait, then reuse
-        return _train_setting(cfg, setting, run_dir)
-
-
-def _train_setting(cfg: Config, setting: str, run_dir: str) -> Dict[str, object]:
-    _, _, post, base = parse_setting(setting)
     bcfg = bench_config(cfg, setting)
+    run_dir = os.path.join(bcfg.model_root, "run")
+    with common.run_dir_lock(run_dir):     # another process training it: wait, then reuse
+        return _train_setting(cfg, setting, bcfg, run_dir)
+
+
+def _train_setting(cfg: Config, setting: str, bcfg: rs.Config,
+                   run_dir: str) -> Dict[str, object]:
+    _, _, post, base = parse_setting(setting)
     steps = _steps(bcfg, post)
     info = {"steps": steps, "train_seconds": 0.0, "resumed_from": None}
     if rs._finished(run_dir, steps):  # pylint: disable=protected-access

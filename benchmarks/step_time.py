@@ -25,7 +25,6 @@ import os
 import pathlib
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Optional
@@ -89,11 +88,9 @@ def compare_determinism(repo: str, steps: int, rounds: int,
     for r in range(rounds):
         # ABBA order (off, on, on, off, ...): a steady drift of the machine's load cancels
         for det in ((False, True) if r % 2 == 0 else (True, False)):
-            cmd = [sys.executable, __file__, f"--repo={repo}", f"--steps={steps}",
-                   "--_child"] + (["--deterministic_ops"] if det else [])
-            proc = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-            runs[det].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs[det].append(common.json_from_child(
+                [__file__, f"--repo={repo}", f"--steps={steps}", "--_child"]
+                + (["--deterministic_ops"] if det else [])))
             log(f"round {r}, deterministic_ops={det}: {runs[det][-1]}")
     keys = ("first_call_s", "step_median_s", "peak_rss_mb")
     med = {det: {k: statistics.median(x[k] for x in runs[det]) for k in keys}

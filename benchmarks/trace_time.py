@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -99,11 +98,8 @@ def child(method: str, autograph: bool) -> dict:
 
 
 def _run_child(method: str, autograph: bool) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, __file__, "--_child", method,
-                           f"--_autograph={int(autograph)}"], env=env, check=True,
-                          capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.json_from_child([__file__, "--_child", method,
+                                   f"--_autograph={int(autograph)}"])
 
 
 def main(argv=None):

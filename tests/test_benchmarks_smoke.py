@@ -195,6 +195,25 @@ def _fake_checkpoint(model_dir, step):
     (ckpt / "checkpoint").write_text(f'model_checkpoint_path: "ckpt-{step}"\n')
 
 
+def _twice_at_once(fn):
+    """Runs `fn` in two threads at once (the locks are per open file, so two threads
+    contend as two processes would); returns the exceptions they raised."""
+    import threading
+    errors = []
+
+    def guarded():
+        try:
+            fn()
+        except Exception as e:  # pylint: disable=broad-except
+            errors.append(e)
+    threads = [threading.Thread(target=guarded) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_two_processes_on_one_model_root_train_each_run_once(tmp_path, monkeypatch):
     """Two benchmark invocations over the same seeds and model_root (threads here; the
     locks are per open file, so the same as processes): every run, the shared burn-in and
@@ -216,18 +235,8 @@ def test_two_processes_on_one_model_root_train_each_run_once(tmp_path, monkeypat
     cfg = rs.Config(output_dir=str(tmp_path), methods=("coopnet", "coopnet_gt_inputs",
                                                       "baseline"),
                     seeds=(0,), num_epochs=3, steps_per_epoch=2, burn_in_epochs=2)
-    infos, errors = [], []
-
-    def invocation():
-        try:
-            infos.append(rs.train_all(cfg, str(tmp_path)))
-        except Exception as e:  # pylint: disable=broad-except
-            errors.append(e)
-    threads = [threading.Thread(target=invocation) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    infos = []
+    errors = _twice_at_once(lambda: infos.append(rs.train_all(cfg, str(tmp_path))))
     assert not errors, errors
     assert sorted(calls) == sorted([
         ("seed0/_burn_in", 2), ("seed0/_burn_in", 4), ("seed0/coopnet", 6),
@@ -272,7 +281,7 @@ def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_proces
     # two processes of one (changed) checkout starting together: one refreshes, both run
     import threading
     (repo / "gin" / "a.gin").write_text("x = 3\n")
-    seen, errors = [], []
+    seen = []
     # make them meet: each start's first content check waits (up to 1 s) for the other's;
     # without serialised check-and-refresh both saw the old snapshot and both refused
     barrier, real_contents, waited = threading.Barrier(2, timeout=1.0), rs._tree_contents, set()
@@ -288,17 +297,10 @@ def test_gin_snapshot_refreshed_only_when_changed_and_never_under_another_proces
     monkeypatch.setattr(rs, "_tree_contents", contents_after_meeting)
 
     def start():
-        try:
-            with rs._current_gin_snapshot(root):
-                seen.append((snap / "a.gin").read_text())
-                time.sleep(0.2)                              # both inside at once
-        except RuntimeError as e:
-            errors.append(e)
-    threads = [threading.Thread(target=start) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        with rs._current_gin_snapshot(root):
+            seen.append((snap / "a.gin").read_text())
+            time.sleep(0.2)                                  # both inside at once
+    errors = _twice_at_once(start)
     assert not errors and seen == ["x = 3\n"] * 2
 
 
@@ -327,16 +329,10 @@ def test_flow_competence_continues_a_longer_burn_in_from_a_shorter_one(tmp_path,
     assert trained[-1] == ("burn9/run", 540, 810)
     assert info["resumed_from"] == "burn6" and info["steps_from_resume"] == 270
     # two processes with overlapping --levers (threads here): the setting trains once
-    import threading
     import time
     slow_train = fake_train
     monkeypatch.setattr(rs, "_train", lambda *a, **k: (time.sleep(0.2), slow_train(*a, **k))[1])
-    threads = [threading.Thread(target=fc.train_setting, args=(cfg, "bwd_photo"))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert not _twice_at_once(lambda: fc.train_setting(cfg, "bwd_photo"))
     assert [t for t in trained if t[0] == "bwd_photo/run"] == [("bwd_photo/run", -1, 270)]
 
 
