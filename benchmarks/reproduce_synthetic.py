@@ -1182,6 +1182,101 @@ def trivial_reference(arr) -> Dict[str, object]:
     }
 
 
+# what a run's evaluation depends on besides its checkpoint and config: the code that
+# computes it (the package and this benchmark)
+_EVALUATION_CODE = ("coopnet_tf", "benchmarks/reproduce_synthetic.py", "benchmarks/common.py")
+
+
+def evaluation_key(run_dir: str, method: str, test_pattern: str, cfg: Config) -> str:
+    """A digest of everything a run's evaluation depends on: its latest checkpoint (the
+    index file, which holds every tensor's checksum) and operative config, the method,
+    the test files (names and sizes), the evaluation settings and the source of the
+    evaluating code. Any change gives a new key, so a stored evaluation is never reused
+    for something it did not measure."""
+    import glob  # pylint: disable=import-outside-toplevel
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    digest = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        digest.update(f"{label}:{len(data)}:".encode() + data)
+
+    checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if checkpoint is None:
+        raise ValueError(f"{run_dir}: no checkpoint to evaluate")
+    for path in (checkpoint + ".index", os.path.join(run_dir, "operative_config.gin")):
+        add(os.path.basename(path), pathlib.Path(path).read_bytes() if os.path.isfile(path)
+            else b"<missing>")
+    add("method", method.encode())
+    for path in sorted(glob.glob(test_pattern)):
+        add("test_file", f"{os.path.basename(path)}={os.path.getsize(path)}".encode())
+    add("settings", repr((cfg.height, cfg.width, cfg.max_test_snippets, cfg.run_eagerly,
+                          cfg.num_objects)).encode())
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for entry in _EVALUATION_CODE:
+        paths = sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() \
+            else [root / entry]
+        for path in paths:
+            add(str(path.relative_to(root)), path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _json_number(x):
+    """json.dump's fallback for the NumPy scalars and arrays in the metrics."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def evaluate_run_stored(run_dir: str, method: str, test_pattern: str,
+                        cfg: Config) -> Dict[str, object]:
+    """`evaluate_run`, kept per run in ``<run_dir>/evaluation/<method>-<key>.{npz,json}``
+    (`evaluation_key`; written atomically, the JSON last) and reused while the key matches:
+    an evaluation of many runs that is killed resumes where it stopped, and runs that
+    finished early can be evaluated while others still train. Returns what `run` needs:
+    metrics, Δ samples (None for Lee runs), the trivial reference, the motion-mask figure's
+    snippets (images, exact moving mask of the t+1 source, the arm's own static mask) and
+    whether it was reused."""
+    import json  # pylint: disable=import-outside-toplevel
+    from coopnet_tf import files  # pylint: disable=import-outside-toplevel
+    stem = os.path.join(run_dir, "evaluation",
+                        f"{method}-{evaluation_key(run_dir, method, test_pattern, cfg)}")
+    if os.path.isfile(stem + ".json"):
+        with open(stem + ".json") as f:
+            stored = json.load(f)
+        with np.load(stem + ".npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        samples = None
+        if stored["has_samples"]:
+            samples = {flow: {name: arrays[f"samples/{flow}/{name}"]
+                              for name in ("all", "static", "moving")}
+                       for flow in ("learned", "gt")}
+        figure = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("figure/")}
+        return {"metrics": stored["metrics"], "trivial": stored["trivial"],
+                "samples": samples, "figure": figure, "reused": True}
+    metrics, samples, arr = evaluate_run(run_dir, method, test_pattern, cfg)
+    examples = mask_examples(arr)
+    figure = {"images": arr["target_image"][examples], "gt": arr["moving"][examples, 1]}
+    if "shown_mask" in arr:
+        figure["shown_mask"] = arr["shown_mask"][examples]
+    trivial = trivial_reference(arr)
+    del arr
+    arrays = {f"figure/{k}": v for k, v in figure.items()}
+    for flow, subsets in (samples or {}).items():
+        arrays.update({f"samples/{flow}/{name}": v for name, v in subsets.items()})
+    with files.atomic_file(stem + ".npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    with files.atomic_file(stem + ".json") as f:
+        json.dump({"run_dir": run_dir, "method": method, "has_samples": samples is not None,
+                   "metrics": metrics, "trivial": trivial}, f, default=_json_number)
+    # returned in the stored form, so that fresh and reused evaluations tabulate alike
+    metrics, trivial = json.loads(json.dumps([metrics, trivial], default=_json_number))
+    return {"metrics": metrics, "trivial": trivial, "samples": samples, "figure": figure,
+            "reused": False}
+
+
 # ----------------------------------------------------------------- reporting ----
 
 # metric families: (name, path in a run's metrics, better: "lower" / "higher" / "one")
@@ -1492,16 +1587,17 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                                  f"{_checkpoint_step(run_dir)}); run without --eval_only "
                                  "to finish it, or leave the arm out of --methods")
             print(f"[reproduce] evaluating {method} seed {seed}", flush=True)
-            metrics, s, arr = evaluate_run(run_dir, method, test_pattern, cfg)
+            evaluated = evaluate_run_stored(run_dir, method, test_pattern, cfg)
+            if evaluated["reused"]:
+                print("[reproduce]   (its stored evaluation: unchanged checkpoint, config "
+                      "and code)", flush=True)
+            metrics, s, figure = (evaluated[k] for k in ("metrics", "samples", "figure"))
             if "trivial" not in per_run_extra:
-                per_run_extra["trivial"] = trivial_reference(arr)
-                examples = mask_examples(arr)
-                mask_figure = {"images": arr["target_image"][examples],
-                               "gt": arr["moving"][examples, 1], "panels": {}}
-            if seed == cfg.seeds[0] and "shown_mask" in arr:
+                per_run_extra["trivial"] = evaluated["trivial"]
+                mask_figure = {"images": figure["images"], "gt": figure["gt"], "panels": {}}
+            if seed == cfg.seeds[0] and "shown_mask" in figure:
                 label = f"{method}: not {shown_mask_key(method)}"   # its moving pixels
-                mask_figure["panels"][label] = arr["shown_mask"][examples]
-            del arr
+                mask_figure["panels"][label] = figure["shown_mask"]
             metrics["training"] = train_info.get(f"{method}/seed{seed}")
             per_run[f"{method}/seed{seed}"] = metrics
             if seed == cfg.seeds[0] and s is not None:   # (Lee runs have no Δ)

@@ -113,6 +113,58 @@ def test_reproduce_synthetic_tiny(tmp_path):
     assert payload["per_run"].keys() == data["per_run"].keys()
     assert (tmp_path / "out" / "reproduce_synthetic_motion_masks.png").is_file()
     assert data["mask_plot"].endswith("reproduce_synthetic_motion_masks.png")
+    # re-evaluating reuses the stored evaluation (nothing changed): same numbers and tables
+    stored = list((tmp_path / "out" / "runs" / "seed0" / "coopnet_gt_inputs" /
+                   "evaluation").glob("coopnet_gt_inputs-*.json"))
+    assert len(stored) == 1
+
+    def must_not_evaluate(*args):
+        raise AssertionError("evaluated again although nothing changed")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rs, "evaluate_run", must_not_evaluate)
+        rs.run(dataclasses.replace(cfg, eval_only=True), argv=["reproduce_synthetic.py"])
+    again = json.loads((tmp_path / "out" / "reproduce_synthetic.json").read_text())
+    assert again["per_run"] == data["per_run"]
+    assert again["summary"] == data["summary"]
+    md_again = (tmp_path / "out" / "reproduce_synthetic.md").read_text()
+    assert md_again.split("**static depth**")[1] == md.split("**static depth**")[1]
+
+
+def test_evaluation_key_changes_with_what_the_evaluation_measures(tmp_path):
+    """A stored evaluation is reused only for the same checkpoint (its index bytes, or a
+    newer checkpoint), operative config, method and settings."""
+    from benchmarks import reproduce_synthetic as rs
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\n')
+    (ckpt / "ckpt-5.index").write_bytes(b"index of step 5")
+    (run_dir / "operative_config.gin").write_text("a.b = 1\n")
+    test_file = tmp_path / "test-0.tfrecord"
+    test_file.write_bytes(b"records")
+    cfg = rs.Config(output_dir=str(tmp_path))
+
+    def key(method="coopnet", **changes):
+        return rs.evaluation_key(str(run_dir), method, str(tmp_path / "test-*.tfrecord"),
+                                 dataclasses.replace(cfg, **changes))
+
+    first = key()
+    assert key() == first
+    assert key("glnet_min") != first
+    assert key(max_test_snippets=7) != first and key(height=cfg.height * 2) != first
+    (run_dir / "operative_config.gin").write_text("a.b = 2\n")
+    changed_config = key()
+    assert changed_config != first
+    (ckpt / "ckpt-5.index").write_bytes(b"index of step 5, other weights")
+    changed_weights = key()
+    assert changed_weights not in (first, changed_config)
+    (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckpt-6"\n')
+    (ckpt / "ckpt-6.index").write_bytes(b"index of step 5, other weights")
+    newer = key()
+    assert newer != changed_weights          # same bytes, but a newer checkpoint
+    test_file.write_bytes(b"more records")
+    assert key() not in (newer, changed_weights, changed_config, first)
 
 
 def test_motion_masks_use_each_arms_own_inputs(tmp_path):
