@@ -123,7 +123,8 @@ def test_reproduce_synthetic_tiny(tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rs, "evaluate_run", must_not_evaluate)
-        rs.run(dataclasses.replace(cfg, eval_only=True), argv=["reproduce_synthetic.py"])
+        rs.run(dataclasses.replace(cfg, eval_only=True, plot=False),
+               argv=["reproduce_synthetic.py"])
     again = json.loads((tmp_path / "out" / "reproduce_synthetic.json").read_text())
     assert again["per_run"] == data["per_run"]
     assert again["summary"] == data["summary"]
