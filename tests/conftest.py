@@ -18,10 +18,12 @@
 """
 import os
 import pathlib
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from _pytest import pathlib as _pytest_pathlib  # noqa: E402  (pinned pytest, setup.py)
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
@@ -41,6 +43,23 @@ LONGEST_MODULES_FIRST = (
     "test_converters.py", "test_training_reliability.py", "test_lee_step.py",
     "test_export.py", "test_quantile.py", "test_quantile_summary.py",
 )
+
+
+def pytest_sessionstart(session):
+    """Earlier finished sessions' base temporary directories are removed when a session
+    starts, as pytest itself does only when one ends (setup.cfg keeps 1: this one): the
+    suite writes several GB of checkpoints, and a machine that kept earlier sessions' runs
+    filled its disk before this one ended. pytest's own cleanup, so a directory another
+    running session holds (its lock is younger than pytest's lock timeout) is kept; not
+    with --basetemp (nor in xdist workers, which get theirs from the controller)."""
+    factory = session.config._tmp_path_factory  # pylint: disable=protected-access
+    if factory._given_basetemp is not None:  # pylint: disable=protected-access
+        return
+    current = factory.getbasetemp()
+    keep = max(1, int(session.config.getini("tmp_path_retention_count")))
+    _pytest_pathlib.cleanup_numbered_dir(
+        root=current.parent, prefix="pytest-", keep=keep,
+        consider_lock_dead_if_created_before=time.time() - _pytest_pathlib.LOCK_TIMEOUT)
 
 
 def pytest_collection_modifyitems(items):
