@@ -165,22 +165,23 @@ def write_json(path, payload) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(_clean(payload), f, indent=2, sort_keys=False)
+        json.dump(json_ready(payload), f, indent=2, sort_keys=False)
         f.write("\n")
     os.replace(tmp, path)
     return str(path)
 
 
-def _clean(x):
+def json_ready(x):
+    """What json.load would give back for x: dicts with str keys, lists, Python scalars
+    (NumPy scalars and arrays converted), non-finite floats as None."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_ready(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        try:
-            x = x.item()
-        except (ValueError, TypeError):
-            pass
+        return [json_ready(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):   # NumPy
+        x = x.tolist()
+        if isinstance(x, list):
+            return json_ready(x)
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x

@@ -1221,15 +1221,6 @@ def evaluation_key(run_dir: str, method: str, test_pattern: str, cfg: Config) ->
     return digest.hexdigest()[:20]
 
 
-def _json_number(x):
-    """json.dump's fallback for the NumPy scalars and arrays in the metrics."""
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
-
-
 def evaluate_run_stored(run_dir: str, method: str, test_pattern: str,
                         cfg: Config) -> Dict[str, object]:
     """`evaluate_run`, kept per run in ``<run_dir>/evaluation/<method>-<key>.{npz,json}``
@@ -1268,13 +1259,15 @@ def evaluate_run_stored(run_dir: str, method: str, test_pattern: str,
         arrays.update({f"samples/{flow}/{name}": v for name, v in subsets.items()})
     with files.atomic_file(stem + ".npz", "wb") as f:
         np.savez_compressed(f, **arrays)
+    # stored and returned in the form json.load gives back, so that fresh and reused
+    # evaluations tabulate alike
+    record = common.json_ready({"run_dir": run_dir, "method": method,
+                                "has_samples": samples is not None, "metrics": metrics,
+                                "trivial": trivial})
     with files.atomic_file(stem + ".json") as f:
-        json.dump({"run_dir": run_dir, "method": method, "has_samples": samples is not None,
-                   "metrics": metrics, "trivial": trivial}, f, default=_json_number)
-    # returned in the stored form, so that fresh and reused evaluations tabulate alike
-    metrics, trivial = json.loads(json.dumps([metrics, trivial], default=_json_number))
-    return {"metrics": metrics, "trivial": trivial, "samples": samples, "figure": figure,
-            "reused": False}
+        json.dump(record, f)
+    return {"metrics": record["metrics"], "trivial": record["trivial"], "samples": samples,
+            "figure": figure, "reused": False}
 
 
 # ----------------------------------------------------------------- reporting ----
@@ -1399,6 +1392,20 @@ def summarise(per_run: Dict[str, Dict], methods, seeds) -> Dict[str, Dict]:
     summary["_paired"] = paired
     summary["_verdicts"] = verdicts(paired, len(seeds))
     return summary
+
+
+TRIVIAL_ROW = "trivial (learned nothing)"
+
+
+def add_trivial_row(summary: Dict[str, Dict], trivial: Optional[Dict]) -> List[str]:
+    """Adds the "learned nothing" reference (``trivial_reference``) to the summary as a
+    row; returns the rows to print after the arms (none without a reference)."""
+    if trivial is None:
+        return []
+    summary[TRIVIAL_ROW] = {
+        name: common.mean_spread([_get(trivial, path)])
+        for name, path, *_ in [r for fam in FAMILIES.values() for r in fam] + CONTEXT_METRICS}
+    return [TRIVIAL_ROW]
 
 
 def verdicts(paired: Dict[str, Dict], num_seeds: int) -> List[Dict[str, object]]:
@@ -1606,13 +1613,7 @@ def run(cfg: Config, argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     eval_seconds = time.time() - t0
     summary = summarise(per_run, cfg.methods, cfg.seeds)
     trivial = per_run_extra.get("trivial")
-    if trivial is not None:
-        summary["trivial (learned nothing)"] = {
-            name: common.mean_spread([_get(trivial, path)])
-            for name, path, *_ in [r for fam in FAMILIES.values() for r in fam]
-            + CONTEXT_METRICS}
-    md = tables_markdown(summary, list(cfg.methods) + (["trivial (learned nothing)"]
-                                                       if trivial is not None else []),
+    md = tables_markdown(summary, list(cfg.methods) + add_trivial_row(summary, trivial),
                          cfg.seeds)
     payload = {
         "benchmark": "reproduce_synthetic",
