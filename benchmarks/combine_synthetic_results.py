@@ -17,8 +17,8 @@ Refused, naming the file and the field: a different benchmark configuration (wor
 schedule, gin files, evaluation settings), a run present in two files with different
 numbers, a different "trivial" reference (another test split or evaluation code). The
 Δ-density and motion-mask figures, drawn from one seed, are copied from the first file
-that has them (found beside its JSON as ``<output_name>_delta_density.png`` /
-``_motion_masks.png``).
+that has them (``X.json``'s are ``X_delta_density.png`` / ``X_motion_masks.png`` beside
+it, as the benchmark writes them).
 """
 import argparse
 import json
@@ -131,8 +131,8 @@ def combine(paths: Sequence[str]) -> Dict[str, object]:
 
 def _figure_source(paths: Sequence[str], payloads: Sequence[Dict], name: str):
     for path, payload in zip(paths, payloads):
-        stem = payload["config"].get("output_name", "reproduce_synthetic")
-        candidate = pathlib.Path(path).parent / f"{stem}_{name}.png"
+        candidate = pathlib.Path(path).with_suffix("")
+        candidate = candidate.with_name(f"{candidate.name}_{name}.png")
         if candidate.is_file():
             return candidate, payload["config"]["seeds"][0]
     return None, None
