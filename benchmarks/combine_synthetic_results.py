@@ -38,7 +38,7 @@ from benchmarks import reproduce_synthetic as rs  # noqa: E402
 INVOCATION_FIELDS = frozenset({"output_dir", "model_root", "methods", "seeds", "eval_only",
                                "plot", "output_name", "progress", "cache_dir"})
 FIGURES = ("delta_density", "motion_masks")
-TRIVIAL_RTOL = 1e-9
+TRIVIAL_RTOL = 1e-4
 
 
 def _canonical(x) -> str:
@@ -57,24 +57,32 @@ def _load(path: str) -> Dict[str, object]:
     return payload
 
 
-def _close(a, b, rtol: float) -> bool:
-    """Equal structure and strings, numbers within rtol (of the larger magnitude)."""
+def _difference(a, b, rtol: float, where: str = "") -> Optional[str]:
+    """Where a and b first differ (structure, strings, numbers beyond rtol of the larger
+    magnitude), or None."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol) for k in a)
+        if a.keys() != b.keys():
+            return f"{where or '.'}: keys {sorted(a)} vs {sorted(b)}"
+        found = (_difference(a[k], b[k], rtol, f"{where}/{k}") for k in a)
+        return next((d for d in found if d), None)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y, rtol) for x, y in zip(a, b))
+        if len(a) != len(b):
+            return f"{where}: {len(a)} vs {len(b)} entries"
+        found = (_difference(x, y, rtol, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+        return next((d for d in found if d), None)
     numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
-        return abs(a - b) <= rtol * max(abs(a), abs(b))
-    return a == b
+    if (isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+            and abs(a - b) <= rtol * max(abs(a), abs(b))):
+        return None
+    return None if a == b else f"{where}: {a!r} vs {b!r}"
 
 
 def _check_same(field: str, first_path: str, first, path: str, value,
                 rtol: float = 0.0) -> None:
-    if not _close(common.json_ready(first), common.json_ready(value), rtol):
-        raise ValueError(f"{path}: {field} differs from {first_path}'s "
-                         f"({value!r} vs {first!r}); only runs of one benchmark "
-                         "configuration can be combined")
+    difference = _difference(common.json_ready(first), common.json_ready(value), rtol)
+    if difference:
+        raise ValueError(f"{path}: {field} differs from {first_path}'s ({difference}); "
+                         "only runs of one benchmark configuration can be combined")
 
 
 def combine(paths: Sequence[str]) -> Dict[str, object]:
@@ -100,8 +108,8 @@ def combine(paths: Sequence[str]) -> Dict[str, object]:
             if trivial is None:
                 trivial = payload["trivial_reference"]
             else:
-                # evaluated on other machines: last-bit differences in the linear
-                # algebra are not another test split
+                # evaluated on other CPUs: float32 round-off in the pose alignment
+                # (ATE-5 differed by 2e-6 relative) is not another test split
                 _check_same("trivial_reference", first_path, trivial, path,
                             payload["trivial_reference"], rtol=TRIVIAL_RTOL)
         for key, metrics in payload["per_run"].items():

@@ -128,15 +128,16 @@ def test_refuses_another_configuration(three_seeds, tmp_path):
 
 def test_refuses_another_test_split(three_seeds, tmp_path):
     """The "learned nothing" reference depends on the test split only: another split is
-    refused, a last-bit difference (another machine's linear algebra) is not."""
+    refused, float32 round-off (another CPU, 2e-6 relative in the committed run) is not."""
     files, _, trivial = three_seeds
     changed = json.loads(json.dumps(trivial))
-    changed["depth"]["all"]["abs_rel"] *= 1 + 1e-13
+    changed["pose"]["ate5_mean"] *= 1 + 2e-6
     same = _write(tmp_path / "same.json", _payload([3], {}, changed))
     assert combine.combine(files + [same])["config"]["seeds"] == [0, 1, 2, 3]
     changed["depth"]["all"]["abs_rel"] += 0.01
     other = _write(tmp_path / "other.json", _payload([3], {}, changed))
-    with pytest.raises(ValueError, match=r"other\.json: trivial_reference differs"):
+    with pytest.raises(ValueError, match=r"other\.json: trivial_reference differs .*"
+                                         r"/depth/all/abs_rel: "):
         combine.combine(files + [other])
 
 
