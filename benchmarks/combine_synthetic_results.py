@@ -41,10 +41,6 @@ FIGURES = ("delta_density", "motion_masks")
 TRIVIAL_RTOL = 1e-4
 
 
-def _canonical(x) -> str:
-    return json.dumps(common.json_ready(x), sort_keys=True)
-
-
 def _load(path: str) -> Dict[str, object]:
     try:
         with open(path) as f:
@@ -87,9 +83,13 @@ def _check_same(field: str, first_path: str, first, path: str, value,
 
 def combine(paths: Sequence[str]) -> Dict[str, object]:
     """The union of the files' runs with the summary recomputed (see the module doc)."""
-    if not paths:
+    return _combine([(p, _load(p)) for p in paths])
+
+
+def _combine(loaded) -> Dict[str, object]:
+    """`combine` on already loaded (path, payload) pairs."""
+    if not loaded:
         raise ValueError("no result files given")
-    loaded = [(p, _load(p)) for p in paths]
     first_path, first = loaded[0]
     per_run: Dict[str, Dict] = {}
     origin: Dict[str, str] = {}
@@ -113,7 +113,8 @@ def combine(paths: Sequence[str]) -> Dict[str, object]:
                 _check_same("trivial_reference", first_path, trivial, path,
                             payload["trivial_reference"], rtol=TRIVIAL_RTOL)
         for key, metrics in payload["per_run"].items():
-            if key in per_run and _canonical(per_run[key]) != _canonical(metrics):
+            if key in per_run and _difference(common.json_ready(per_run[key]),
+                                              common.json_ready(metrics), 0.0):
                 raise ValueError(f"{path}: run {key} is also in {origin[key]} with other "
                                  "numbers; combine files of different seeds (or "
                                  "identical copies)")
@@ -160,10 +161,10 @@ def run(paths: Sequence[str], output_dir: str, output_name: str = "reproduce_syn
     """Writes ``<output_name>.json`` / ``.md`` (and the copied figures) to output_dir."""
     start = time.time()
     meta = common.run_metadata(argv)
-    payload = combine(paths)
+    payloads = [_load(p) for p in paths]
+    payload = _combine(list(zip(paths, payloads)))
     rows = payload.pop("table_rows")
     os.makedirs(output_dir, exist_ok=True)
-    payloads = [_load(p) for p in paths]
     figures = []
     for name in FIGURES:
         src, seed = _figure_source(paths, payloads, name)
