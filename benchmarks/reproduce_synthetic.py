@@ -66,7 +66,8 @@ and data order are those of the exact-box world, only the boxes differ. Every ar
 evaluated on the exact world's test split (its exact boxes only for CSAC's object
 segmentation below). A Lee run's depth columns come from its depth net as for the other
 arms, its pose from the motion
-net's ego branch on (I_t, I_s, D_t, D_s) (as the exported ``pose`` SavedModel), its flow
+net's ego branch on the pair in temporal order (as in training and the exported ``pose``
+SavedModel), its flow
 columns from the total motion (ego-motion + residual, Lee Eq. 2) and the "object motion"
 columns compare its residual field r, multiplied by the image's static depth scale (the
 scale of the static-depth metrics), with the world's exact r on the moving pixels
@@ -278,10 +279,9 @@ def gin_bindings(cfg: Config, method: str, seed: int) -> List[str]:
     ]
     if is_lee(method):
         # from scratch, Lee's three phases over the same steps; lee_synthetic.gin's
-        # constant lr (Lee et al. give no decay)
+        # constant lr (Lee et al. give no decay) and warm-up (its burn_in_epochs)
         phase1, phase2 = lee_phase_epochs(cfg.num_epochs)
-        b += ["train_and_evaluate.burn_in_epochs = 0",
-              f"lee.phase1_epochs = {phase1}",
+        b += [f"lee.phase1_epochs = {phase1}",
               f"lee.phase2_epochs = {phase2}",
               f"make_learning_rate_schedule.boundary_epochs = ({cfg.num_epochs},)"]
     else:
@@ -674,7 +674,8 @@ def _concatenate(out: Dict[str, list], max_snippets: Optional[int]) -> Dict[str,
 def _build_lee_eval(model_dir: str, eager: bool = False):
     """Restores a Lee et al. run; returns (forward, info): forward(frames [B, 3, H, W, 3],
     K [B, 3, 3]) -> depth of the target [B, H, W, 1], and per source (`specs.SOURCE_INDICES`
-    order) T_target->source [B, S, 4, 4] from the ego branch on (I_t, I_s, D_t, D_s), the
+    order) T_target->source [B, S, 4, 4] from the ego branch on the pair in temporal order
+    (as in training), the
     residual r [B, S, H, W, 3] (both stages, `lee_step.predict_motion`, as the exported
     SavedModels) and the total-motion flow [B, S, H, W, 2] (Lee Eq. 2)."""
     import keras  # pylint: disable=import-outside-toplevel
@@ -698,9 +699,11 @@ def _build_lee_eval(model_dir: str, eager: bool = False):
         target, depth_t = images[specs.TARGET_INDEX], depths[specs.TARGET_INDEX]
         out = {"transforms": [], "residual": [], "flow": []}
         for i in specs.SOURCE_INDICES:
+            earlier = tf.fill(tf.shape(target)[:1], i < specs.TARGET_INDEX)
             motion = lee_step.predict_motion(ego_net, residual_net, target, images[i], depth_t,
                                              depths[i], K, info["rotation_mode"],
-                                             with_residual=True, training=False)
+                                             with_residual=True, training=False,
+                                             source_earlier=earlier)
             _, _, flow = geometry.total_motion_warp(images[i], depth_t, motion["transforms"],
                                                     motion["residual"], K)
             out["transforms"].append(motion["transforms"])

@@ -300,7 +300,8 @@ class _LeeServing(tf.Module):
 class LeePoseServing(_LeeServing):
     """A Lee et al. run's ego-motion behind the ``pose`` signature: ``image_a, image_b``
     -> ``{"pose_vector" [B, 6], "transform" [B, 4, 4]}`` (T_a->b): the depth net on both
-    images, then the motion net's ego branch on (I_a, I_b, D_a, D_b)."""
+    images, then the motion net's ego branch on (I_a, I_b, D_a, D_b); like the pose net's,
+    trained with image_b the later frame."""
 
     def __init__(self, depth_net, motion_net, height: int, width: int,
                  rotation_mode: str = "axis_angle"):
@@ -318,7 +319,8 @@ class LeePoseServing(_LeeServing):
 
 class ObjectMotionServing(_LeeServing):
     """Lee et al.'s motion (specs.EXPORT_OBJECT_MOTION): ``image_a`` (target),
-    ``image_b`` (source), ``intrinsics`` -> ``pose_vector``, ``transform`` (T_a->b) and
+    ``image_b`` (source, the frame after image_a: the ego branch is trained on pairs in
+    temporal order), ``intrinsics`` -> ``pose_vector``, ``transform`` (T_a->b) and
     ``residual [B, H, W, 3]``: both stages of Lee Sec. 3.1, X_b = R (X_a + r) + t."""
 
     def __init__(self, depth_net, motion_net, height: int, width: int,

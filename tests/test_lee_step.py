@@ -189,6 +189,23 @@ def test_exact_motion_reconstructs_the_scene_and_ego_motion_alone_does_not():
     assert np.median(phi_ego[keep & ~s["box"]]) < 0.01     # the static background is fine
 
 
+def test_photometric_term_counts_pixels_that_leave_the_view():
+    """L_p is the mean over every target pixel of min_s Φ_s (1 − D_diff_s valid_s): a
+    pixel projecting out of view keeps its full Φ, so sending every pixel out of view
+    (the degenerate minimum of a mean over valid pixels only, 0) is not free."""
+    rng = np.random.RandomState(4)
+    phi = rng.uniform(0.05, 1.0, (2, 2, 6, 8, 1)).astype(np.float32)
+    diff = rng.uniform(0.0, 1.0, phi.shape).astype(np.float32)
+    valid = (rng.uniform(size=phi.shape) > 0.4).astype(np.float32)
+    expected = np.mean(np.min(phi * (1.0 - diff * valid), axis=1))
+    got = lee_step.photometric_term(tf.constant(phi), tf.constant(diff), tf.constant(valid))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    nowhere = lee_step.photometric_term(tf.constant(phi), tf.constant(diff),
+                                        tf.zeros_like(tf.constant(valid)))
+    np.testing.assert_allclose(nowhere.numpy(), np.mean(np.min(phi, axis=1)), rtol=1e-6)
+    assert nowhere.numpy() > got.numpy() > 0.0
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=5)
@@ -238,3 +255,21 @@ def test_boxes_are_required_and_phases_are_checked(batch):
         step.compute_losses(no_boxes, Phase(stage=lee_step.PHASE1), SEED)
     with pytest.raises(ValueError, match="phase1"):
         step.compute_losses(batch, Phase(stage="competition"), SEED)
+
+
+def test_warm_up_leaves_out_the_geometric_and_height_terms(batch):
+    """During the warm-up (`Phase.burn_in`, `train_and_evaluate.burn_in_epochs`) L^P1 is
+    L_p + L_s: L_g and L_h are not computed and boxes are not needed; afterwards both are
+    back, and the photometric term is the same."""
+    step = build_step()
+    no_boxes = {k: v for k, v in batch.items() if k not in (specs.KEY_BOXES, specs.KEY_BOX_MASK)}
+    warm, _ = step.compute_losses(no_boxes, Phase(burn_in=True, stage=lee_step.PHASE1), SEED,
+                                  training=False)
+    full, _ = step.compute_losses(batch, Phase(stage=lee_step.PHASE1), SEED, training=False)
+    assert set(warm) == {"photometric", "smooth_depth", "total"}
+    assert {"geometric", "height_prior"} <= set(full)
+    np.testing.assert_allclose(warm["photometric"].numpy(), full["photometric"].numpy(),
+                               rtol=1e-6)
+    w = step.weights
+    np.testing.assert_allclose(warm["total"].numpy(), w.p * warm["photometric"].numpy()
+                               + w.s * warm["smooth_depth"].numpy(), rtol=1e-6)

@@ -4,8 +4,10 @@ the three phases of their Table 1 (docs/lee.md, "Training").
 Per replica and step, for the target t and each source s of the snippet:
 
 1. Depth D_t, D_s (depth net, scale 0: Lee Sec. 4.1 uses a single-scale output).
-2. Ego-motion: the motion net's ego branch on (I_t, I_s, D_t, D_s) gives T_t->s (the
-   pose net's layout: input (a, b) -> T_a->b). Stage 1 forward-projects the source with
+2. Ego-motion: the motion net's ego branch on the pair in temporal order gives T_t->s
+   (the pose net's layout and convention: input (a, b) -> T_a->b; (I_t, I_s, D_t, D_s)
+   for s = t+1, (I_s, I_t, D_s, D_t) inverted for s = t−1 — fed in one fixed order the
+   from-scratch synthetic training never found the forward motion, docs/lee.md). Stage 1 forward-projects the source with
    T_s->t = (T_t->s)^-1 (Lee Eq. 1) -> (I^ego, D^ego): one ego-motion serves both stages,
    so the residual only has to explain what that ego-motion leaves (Lee's footnote 1
    estimates T_2->1 from the reversed input instead).
@@ -21,7 +23,7 @@ Per replica and step, for the target t and each source s of the snippet:
    L_p: photometric error (Eq. 2 of CoopNet, `photometric.photometric_error`) weighted by
    SC-SfMLearner's 1 − D_diff (no gradient through the weight), per-pixel minimum over
    the sources (`photometric.min_reprojection`, Monodepth2 auto-masking optional), on
-   in-bounds pixels. L_g: the mean depth inconsistency D_diff. L_s: edge-aware disparity
+   every pixel (`photometric_term`). L_g: the mean depth inconsistency D_diff. L_s: edge-aware disparity
    smoothness. L_h: Struct2Depth's height prior on the target's boxes. L_mr: CSAC (Lee
    Alg. 1) on the target's boxes; L_ms (Eq. 7), L_mp, L_mc on the residual field.
 
@@ -111,12 +113,17 @@ def _stack(tensors):
 
 
 def predict_motion(ego_net, residual_net, target, source, depth_t, depth_s, K,
-                   rotation_mode="axis_angle", with_residual=True, training=False):
+                   rotation_mode="axis_angle", with_residual=True, training=False,
+                   source_earlier=None):
     """The motion net's two stages for pairs (target, source) (Lee Sec. 3.1).
 
-    Ego branch on (I_t, I_s, D_t, D_s) -> T_target->source; stage 1 (Lee Eq. 1)
-    forward-projects the source with its inverse -> (I^ego, D^ego); the residual branch
-    on (I^ego, I_t, D^ego, D_t), the stage-1 products without gradient.
+    Ego branch on the pair in temporal order -> T_target->source: on (I_t, I_s, D_t, D_s)
+    when the source follows the target, on (I_s, I_t, D_s, D_t) with the result inverted
+    when it precedes it (``source_earlier``; the pose net's convention, docs/decisions.md
+    C3: the branch always sees time running forwards, and its output for (a, b) is
+    T_a->b). Stage 1 (Lee Eq. 1) forward-projects the source with T_target->source's
+    inverse -> (I^ego, D^ego); the residual branch on (I^ego, I_t, D^ego, D_t), the
+    stage-1 products without gradient.
 
     Args:
       ego_net, residual_net: `models.motion_branches` of the motion net.
@@ -126,16 +133,29 @@ def predict_motion(ego_net, residual_net, target, source, depth_t, depth_s, K,
       rotation_mode: the ego vector's parametrisation.
       with_residual: run stage 1 and the residual branch.
       training: the branches' mode.
+      source_earlier: None (every source follows its target, e.g. serving's image_a ->
+        image_b) or `[B]` bool: rows whose source precedes the target in time.
 
     Returns:
-      dict of float32: ``vectors`` `[B, 6]`, ``transforms`` `[B, 4, 4]` (T_target->source),
+      dict of float32: ``vectors`` `[B, 6]` (the ego branch's raw output, T_a->b of the
+      pair in temporal order), ``transforms`` `[B, 4, 4]` (T_target->source),
       ``attention`` (branch -> the DAM maps of ResLayers 2-4; empty without DAM); with
       the residual also ``residual`` `[B, H, W, 3]` (scale 0, m, target camera),
       ``warped_ego``, ``depth_ego``, ``ego_valid``.
     """
-    ego = ego_net(tf.concat([target, source, depth_t, depth_s], -1), training=training)
+    first, second, depth_first, depth_second = target, source, depth_t, depth_s
+    if source_earlier is not None:
+        swap = tf.reshape(tf.cast(source_earlier, tf.bool), [-1, 1, 1, 1])
+        first, second = tf.where(swap, source, target), tf.where(swap, target, source)
+        depth_first = tf.where(swap, depth_s, depth_t)
+        depth_second = tf.where(swap, depth_t, depth_s)
+    ego = ego_net(tf.concat([first, second, depth_first, depth_second], -1),
+                  training=training)
     vectors = tf.cast(ego["ego"], tf.float32)
     transforms = geometry.pose_vector_to_matrix(vectors, rotation_mode)
+    if source_earlier is not None:
+        transforms = tf.where(tf.reshape(tf.cast(source_earlier, tf.bool), [-1, 1, 1]),
+                              geometry.invert_transform(transforms), transforms)
     out = {"vectors": vectors, "transforms": transforms, "attention": {}}
     if "attention" in ego:
         out["attention"]["ego"] = [tf.cast(a, tf.float32) for a in ego["attention"]]
@@ -151,6 +171,30 @@ def predict_motion(ego_net, residual_net, target, source, depth_t, depth_s, K,
     if "attention" in res:
         out["attention"]["residual"] = [tf.cast(a, tf.float32) for a in res["attention"]]
     return out
+
+
+def photometric_term(phi, depth_diff, valid, phi_identity=None, seed=None):
+    """L_p: Φ weighted by SC-SfMLearner's 1 − D_diff (no gradient through the weight),
+    Monodepth2's per-pixel minimum over the sources, mean over every target pixel.
+
+    Pixels whose projection leaves the source image or falls behind its camera keep
+    their Φ (sampled with border padding) at weight 1: D_diff is not defined there. A
+    mean over the valid pixels only (SC-SfMLearner's) has a degenerate minimum, 0 when
+    every pixel projects out of view, which the from-scratch synthetic training reached
+    (docs/lee.md, "Losses").
+
+    Args:
+      phi, depth_diff, valid: `[B, S, H, W, 1]` (stage 2's maps per source).
+      phi_identity: `[B, S, H, W, 1]` Φ of the un-warped sources for auto-masking, or None.
+      seed: the auto-masking tie-break seed.
+
+    Returns:
+      scalar float32.
+    """
+    weight = 1.0 - tf.stop_gradient(depth_diff * valid)
+    loss_map, counted, _ = photometric.min_reprojection(phi * weight, phi_identity,
+                                                       seed=seed)
+    return tf.math.divide_no_nan(tf.reduce_sum(loss_map), tf.reduce_sum(counted))
 
 
 def stage2_maps(target, source, depth_t, depth_s, T_target_to_source, residual, K):
@@ -302,16 +346,20 @@ class LeeTrainStep:
         # the pairs (target, source): forward (t, s); with L_mc also backward (s, t)
         pair_tgt, pair_src = tgt_aug_rep, src_aug
         pair_dt, pair_ds, pair_K = depth_t_rep, depth_s, K_rep
+        earlier = [i < t_idx for i in specs.SOURCE_INDICES]        # source before target
         if self._bidirectional(phase):
             pair_tgt, pair_src = _stack([tgt_aug_rep, src_aug]), _stack([src_aug, tgt_aug_rep])
             pair_dt, pair_ds = _stack([depth_t_rep, depth_s]), _stack([depth_s, depth_t_rep])
             pair_K = _stack([K_rep, K_rep])
+            earlier += [not e for e in earlier]
+        source_earlier = tf.constant([e for e in earlier for _ in range(b)], tf.bool)
 
         # 2-3. ego-motion, stage 1 (Lee Eq. 1) and the residual (phases 2-3; phase 1:
         #      r = 0 and the residual branch does not run).
         motion = predict_motion(self.ego_net, self.residual_net, pair_tgt, pair_src, pair_dt,
                                 pair_ds, pair_K, opts.rotation_mode,
-                                with_residual=phase.stage != PHASE1, training=training)
+                                with_residual=phase.stage != PHASE1, training=training,
+                                source_earlier=source_earlier)
         transforms = motion["transforms"][:sb]
         out["transforms"] = transforms
         out["attention"] = {k: [a[:sb] for a in maps]
@@ -344,28 +392,24 @@ class LeeTrainStep:
         w, opts = self.weights, self.options
         self.groups(phase)                   # a known stage
         p2 = phase.stage != PHASE1           # phases 2-3: L^P1 + L^P2 (Lee Eq. 6)
-        if w.h > 0 or (p2 and opts.csac and w.mr > 0):
+        if (w.h > 0 and not phase.burn_in) or (p2 and opts.csac and w.mr > 0):
             boxes, box_mask = self._target_boxes(batch)
         keys = (specs.KEY_FRAMES, specs.KEY_FRAMES_AUG, specs.KEY_INTRINSICS)
         fwd = self._forward_fn({k: batch[k] for k in keys if k in batch}, phase, training)
         seed = tf.cast(seed, tf.int64)
         num_src = len(specs.SOURCE_INDICES)
         valid = fwd["valid"]
-        # L_p: Φ weighted by SC-SfMLearner's 1 - D_diff (no gradient through the weight),
-        # minimum over the sources on valid pixels (Monodepth2 auto-masking optional).
-        loss_map, valid_min, _ = photometric.min_reprojection(
-            fwd["phi"] * (1.0 - tf.stop_gradient(fwd["depth_diff"])),
-            fwd["phi_identity"] if opts.automask else None, mask=valid,
-            seed=tf.random.experimental.stateless_fold_in(seed, 0))
-        losses = {PHOTOMETRIC: tf.math.divide_no_nan(tf.reduce_sum(loss_map),
-                                                       tf.reduce_sum(valid_min))}
-        if w.g > 0:
+        losses = {PHOTOMETRIC: photometric_term(
+            fwd["phi"], fwd["depth_diff"], valid,
+            fwd["phi_identity"] if opts.automask else None,
+            seed=tf.random.experimental.stateless_fold_in(seed, 0))}
+        if w.g > 0 and not phase.burn_in:
             losses["geometric"] = tf.math.divide_no_nan(
                 tf.reduce_sum(fwd["depth_diff"] * valid), tf.reduce_sum(valid))
         if w.s > 0:
             losses["smooth_depth"] = smoothness.disparity_smoothness(fwd["disparity"],
                                                                      fwd["target"])
-        if w.h > 0:
+        if w.h > 0 and not phase.burn_in:
             classes = batch.get(specs.KEY_BOX_CLASSES)
             losses["height_prior"] = object_motion.height_prior_loss(
                 fwd["depth"], boxes, box_mask, fwd["intrinsics"],
