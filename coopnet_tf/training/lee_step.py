@@ -181,7 +181,7 @@ def photometric_term(phi, depth_diff, valid, phi_identity=None, seed=None):
     their Φ (sampled with border padding) at weight 1: D_diff is not defined there. A
     mean over the valid pixels only (SC-SfMLearner's) has a degenerate minimum, 0 when
     every pixel projects out of view, which the from-scratch synthetic training reached
-    (docs/lee.md, "Losses").
+    (docs/lee.md, "From scratch on the synthetic world").
 
     Args:
       phi, depth_diff, valid: `[B, S, H, W, 1]` (stage 2's maps per source).
