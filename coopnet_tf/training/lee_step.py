@@ -7,8 +7,8 @@ Per replica and step, for the target t and each source s of the snippet:
 2. Ego-motion: the motion net's ego branch on the pair in temporal order gives T_t->s
    (the pose net's layout and convention: input (a, b) -> T_a->b; (I_t, I_s, D_t, D_s)
    for s = t+1, (I_s, I_t, D_s, D_t) inverted for s = t−1 — fed in one fixed order the
-   from-scratch synthetic training never found the forward motion, docs/lee.md). Stage 1 forward-projects the source with
-   T_s->t = (T_t->s)^-1 (Lee Eq. 1) -> (I^ego, D^ego): one ego-motion serves both stages,
+   from-scratch synthetic training never found the forward motion, docs/lee.md).
+   Stage 1 forward-projects the source with T_s->t = (T_t->s)^-1 (Lee Eq. 1) -> (I^ego, D^ego): one ego-motion serves both stages,
    so the residual only has to explain what that ego-motion leaves (Lee's footnote 1
    estimates T_2->1 from the reversed input instead).
 3. Residual field (Lee Sec. 3.1, "Stage 2"): the residual branch on (I^ego, I_t, D^ego,
@@ -23,8 +23,9 @@ Per replica and step, for the target t and each source s of the snippet:
    L_p: photometric error (Eq. 2 of CoopNet, `photometric.photometric_error`) weighted by
    SC-SfMLearner's 1 − D_diff (no gradient through the weight), per-pixel minimum over
    the sources (`photometric.min_reprojection`, Monodepth2 auto-masking optional), on
-   every pixel (`photometric_term`). L_g: the mean depth inconsistency D_diff. L_s: edge-aware disparity
-   smoothness. L_h: Struct2Depth's height prior on the target's boxes. L_mr: CSAC (Lee
+   every pixel (`photometric_term`). L_g: the mean depth inconsistency D_diff. L_s:
+   edge-aware disparity smoothness. L_g and L_h are off during the warm-up
+   (`Phase.burn_in`). L_h: Struct2Depth's height prior on the target's boxes. L_mr: CSAC (Lee
    Alg. 1) on the target's boxes; L_ms (Eq. 7), L_mp, L_mc on the residual field.
 
 Phases (`Phase.stage`, from `schedule.Stages` — Lee Table 1):
@@ -145,7 +146,8 @@ def predict_motion(ego_net, residual_net, target, source, depth_t, depth_s, K,
     """
     first, second, depth_first, depth_second = target, source, depth_t, depth_s
     if source_earlier is not None:
-        swap = tf.reshape(tf.cast(source_earlier, tf.bool), [-1, 1, 1, 1])
+        source_earlier = tf.cast(source_earlier, tf.bool)
+        swap = tf.reshape(source_earlier, [-1, 1, 1, 1])
         first, second = tf.where(swap, source, target), tf.where(swap, target, source)
         depth_first = tf.where(swap, depth_s, depth_t)
         depth_second = tf.where(swap, depth_t, depth_s)
@@ -154,7 +156,7 @@ def predict_motion(ego_net, residual_net, target, source, depth_t, depth_s, K,
     vectors = tf.cast(ego["ego"], tf.float32)
     transforms = geometry.pose_vector_to_matrix(vectors, rotation_mode)
     if source_earlier is not None:
-        transforms = tf.where(tf.reshape(tf.cast(source_earlier, tf.bool), [-1, 1, 1]),
+        transforms = tf.where(tf.reshape(source_earlier, [-1, 1, 1]),
                               geometry.invert_transform(transforms), transforms)
     out = {"vectors": vectors, "transforms": transforms, "attention": {}}
     if "attention" in ego:
@@ -192,9 +194,8 @@ def photometric_term(phi, depth_diff, valid, phi_identity=None, seed=None):
       scalar float32.
     """
     weight = 1.0 - tf.stop_gradient(depth_diff * valid)
-    loss_map, counted, _ = photometric.min_reprojection(phi * weight, phi_identity,
-                                                       seed=seed)
-    return tf.math.divide_no_nan(tf.reduce_sum(loss_map), tf.reduce_sum(counted))
+    loss_map, _, _ = photometric.min_reprojection(phi * weight, phi_identity, seed=seed)
+    return tf.reduce_mean(loss_map)
 
 
 def stage2_maps(target, source, depth_t, depth_s, T_target_to_source, residual, K):
@@ -392,7 +393,9 @@ class LeeTrainStep:
         w, opts = self.weights, self.options
         self.groups(phase)                   # a known stage
         p2 = phase.stage != PHASE1           # phases 2-3: L^P1 + L^P2 (Lee Eq. 6)
-        if (w.h > 0 and not phase.burn_in) or (p2 and opts.csac and w.mr > 0):
+        geometric_on = w.g > 0 and not phase.burn_in     # the warm-up leaves out L_g, L_h
+        height_on = w.h > 0 and not phase.burn_in
+        if height_on or (p2 and opts.csac and w.mr > 0):
             boxes, box_mask = self._target_boxes(batch)
         keys = (specs.KEY_FRAMES, specs.KEY_FRAMES_AUG, specs.KEY_INTRINSICS)
         fwd = self._forward_fn({k: batch[k] for k in keys if k in batch}, phase, training)
@@ -403,13 +406,13 @@ class LeeTrainStep:
             fwd["phi"], fwd["depth_diff"], valid,
             fwd["phi_identity"] if opts.automask else None,
             seed=tf.random.experimental.stateless_fold_in(seed, 0))}
-        if w.g > 0 and not phase.burn_in:
+        if geometric_on:
             losses["geometric"] = tf.math.divide_no_nan(
                 tf.reduce_sum(fwd["depth_diff"] * valid), tf.reduce_sum(valid))
         if w.s > 0:
             losses["smooth_depth"] = smoothness.disparity_smoothness(fwd["disparity"],
                                                                      fwd["target"])
-        if w.h > 0 and not phase.burn_in:
+        if height_on:
             classes = batch.get(specs.KEY_BOX_CLASSES)
             losses["height_prior"] = object_motion.height_prior_loss(
                 fwd["depth"], boxes, box_mask, fwd["intrinsics"],
