@@ -279,10 +279,12 @@ def gin_bindings(cfg: Config, method: str, seed: int) -> List[str]:
     ]
     if is_lee(method):
         # from scratch, Lee's three phases over the same steps; lee_synthetic.gin's
-        # constant lr (Lee et al. give no decay) and warm-up (its burn_in_epochs)
+        # constant lr (Lee et al. give no decay) and warm-up: all of phase 1 without L_g
+        # and L_h (its burn_in_epochs = phase1_epochs, docs/lee.md "From scratch")
         phase1, phase2 = lee_phase_epochs(cfg.num_epochs)
         b += [f"lee.phase1_epochs = {phase1}",
               f"lee.phase2_epochs = {phase2}",
+              f"train_and_evaluate.burn_in_epochs = {phase1}",
               f"make_learning_rate_schedule.boundary_epochs = ({cfg.num_epochs},)"]
     else:
         b += [f"train_and_evaluate.burn_in_epochs = {cfg.burn_in_epochs}",

@@ -48,6 +48,7 @@ METHODS = {
         "train_and_evaluate.summary_every_steps = 1",
         "lee.phase1_epochs = 1",
         "lee.phase2_epochs = 1",
+        "train_and_evaluate.burn_in_epochs = 1",
         "lee.lambda_mc = 0.0",
         "build_motion_net.num_layers = 10",
         "build_motion_net.decoder_channels = (4, 8, 8, 16, 16)",

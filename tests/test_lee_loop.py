@@ -35,9 +35,9 @@ def tiny_dataset(tmp_path_factory):
     return conftest.tiny_world(tmp_path_factory, SIZE, frames_per_sequence=5)
 
 
-def configure(data_dir):
+def configure(data_dir, *bindings):
     """gin/lee_synthetic.gin at 64x64 with ResNet10 encoders, one step per epoch, phases of
-    one epoch each."""
+    one epoch each (the warm-up: phase 1)."""
     gin.clear_config()
     train_main.parse_gin(["lee_synthetic.gin"], [
         "train_and_evaluate.data_dir = None",
@@ -59,10 +59,11 @@ def configure(data_dir):
         "train_and_evaluate.keep_checkpoints = 10",
         "lee.phase1_epochs = 1",
         "lee.phase2_epochs = 1",
+        "train_and_evaluate.burn_in_epochs = 1",
         "lee.lambda_mc = 0.0",            # (L_mc doubles the motion-net work; test_lee_step)
         "build_depth_net.decoder_channels = (4, 8, 8, 16, 16)",
         "build_motion_net.decoder_channels = (4, 8, 8, 16, 16)",
-    ] + list(conftest.TINY_ENCODERS))
+    ] + list(conftest.TINY_ENCODERS) + list(bindings))
 
 
 def test_phases_of_the_schedule():
@@ -73,6 +74,12 @@ def test_phases_of_the_schedule():
     assert [sched.next_change(s) for s in (0, 9, 10, 24, 25)] == [5, 10, 15, 25, 30]
     with pytest.raises(ValueError, match="phase1_epochs"):
         factories.lee(phase1_epochs=0)
+
+
+def test_warm_up_longer_than_phase1_is_refused(tiny_dataset, tmp_path):
+    configure(tiny_dataset, "train_and_evaluate.burn_in_epochs = 2")
+    with pytest.raises(ValueError, match="cannot be longer than lee.phase1_epochs = 1"):
+        loop.train_and_evaluate(model_dir=str(tmp_path / "run"))
 
 
 def _checkpoint(model_dir, number):

@@ -384,6 +384,11 @@ class LeeMethod:
         self.depth_optimizer = self.optimizers["depth"][0]
         self.motion_optimizer = self.optimizers["motion"][0]
         settings = lee()
+        if config.burn_in_epochs > settings.phase1_epochs:
+            raise ValueError(
+                f"lee: the warm-up (train_and_evaluate.burn_in_epochs = "
+                f"{config.burn_in_epochs}) leaves L_g and L_h out of phase 1 only; it cannot "
+                f"be longer than lee.phase1_epochs = {settings.phase1_epochs}")
         options = settings.options._replace(jit_compile=bool(config.jit_compile),
                                             seed=int(config.seed))
         self.step = lee_step.LeeTrainStep(
