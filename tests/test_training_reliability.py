@@ -209,3 +209,37 @@ def test_non_chief_worker_removes_its_checkpoints(tiny_dataset, tmp_path, monkey
         trainer.save(best=True)
         assert not worker_dir.exists()
     assert not os.listdir(tmp_path / run_layout.WORKER_TEMP_SUBDIR)
+
+
+def test_saturated_disparity_is_measured_and_warned(tiny_dataset, tmp_path, capsys):
+    """Validation reports the share of pixels whose disparity sigmoid is stuck at a
+    bound (`disparity_saturated`) with and without ground truth, and warns above half:
+    0 for the untrained net, 1 once the scale-0 head's bias drives the sigmoid to 0 (the
+    collapsed Lee runs of docs/lee.md); no warning at half."""
+    configure(tiny_dataset)
+    config = loop.TrainConfig(model_dir=str(tmp_path), height=SIZE, width=SIZE, batch_size=1,
+                              steps_per_epoch=1, eval_batch_size=2, max_eval_batches=1,
+                              run_eagerly=True, burn_in_epochs=0,
+                              train_files=records.file_pattern(tiny_dataset, "train"),
+                              val_files=records.file_pattern(tiny_dataset, "val"))
+    trainer = loop.Trainer(config, tf.distribute.get_strategy())
+    trainer.prepare_outputs()
+    assert trainer.has_ground_truth
+    head = trainer.depth_net.get_layer("dispconv_0")
+    kernel, bias = head.get_weights()
+    for with_gt in (True, False):
+        trainer.has_ground_truth = with_gt
+        head.set_weights([kernel, bias])
+        result = trainer.evaluate()
+        assert result[loop.SATURATED_KEY] == 0.0, with_gt
+        head.set_weights([np.zeros_like(kernel), bias - 200.0])   # sigmoid(-200) = 0
+        result = trainer.evaluate()
+        assert result[loop.SATURATED_KEY] == 1.0, with_gt
+        assert ("abs_rel" in result) == with_gt
+        trainer.log_eval(result, 7, "test")
+        assert "[WARNING] step 7: the depth net's disparity is saturated on 100 %" in \
+            capsys.readouterr().out
+    trainer.log_eval({loop.SATURATED_KEY: 0.5, "abs_rel": 0.3}, 8, "test")
+    assert "WARNING" not in capsys.readouterr().out
+    with open(run_layout.eval_json(trainer.write_dir, 7)) as f:
+        assert json.load(f)[loop.SATURATED_KEY] == 1.0

@@ -50,7 +50,15 @@ from coopnet_tf.training.schedule import EpochSchedule
 from coopnet_tf.training.step import Phase
 
 MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
-EVAL_SCALARS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1")
+SATURATED_KEY = "disparity_saturated"
+EVAL_SCALARS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", SATURATED_KEY)
+# A depth net whose sigmoid output is within SATURATION of 0 or 1 gets a gradient factor
+# σ(1 − σ) below it: that pixel's depth is stuck at max_depth / min_depth. The collapsed
+# from-scratch runs of docs/lee.md had σ = 0 (float32 underflow) on every pixel; healthy
+# ones a minimum of ~1e-4. Validation warns when more than SATURATED_WARNING of the pixels
+# are stuck.
+SATURATION = 1e-6
+SATURATED_WARNING = 0.5
 EVAL_PRINTED = ("abs_rel", "rmse", "a1")
 # validation losses of the methods without ground truth (CoopNet's, Lee's)
 VALIDATION_LOSS_KEYS = ("val_photo_theta_alpha", "val_photometric")
@@ -388,17 +396,18 @@ class Trainer:
                 fn, autograph=False)
         return self._diag_fns[phase]
 
-    def predict_disparity(self, images):
-        """Scaled disparity `[B, H, W, 1]` (scale 0, inference mode)."""
+    def predict_sigmoid(self, images):
+        """The depth net's sigmoid output `[B, H, W, 1]` (scale 0, inference mode)."""
         if self._predict_fn is None:
-            opts = self.step.options
-
             def fn(x):
-                sigmoid = tf.cast(self.depth_net(x, training=False)[0], tf.float32)
-                return models.disp_to_depth(sigmoid, opts.min_depth, opts.max_depth)[0]
+                return tf.cast(self.depth_net(x, training=False)[0], tf.float32)
             self._predict_fn = fn if self.config.run_eagerly else tf.function(
                 fn, autograph=False)
         return self._predict_fn(images)
+
+    def _scaled_disparity(self, sigmoid):
+        opts = self.step.options
+        return models.disp_to_depth(sigmoid, opts.min_depth, opts.max_depth)[0]
 
     # ---------------------------------------------------------------- training ----
     def _chunk(self, step: int, stop: int) -> int:
@@ -564,26 +573,37 @@ class Trainer:
         ds = self.eval_dataset(self.has_ground_truth)
         if self.config.max_eval_batches:
             ds = ds.take(self.config.max_eval_batches)
+        stuck = []        # per validation image: its share of saturated pixels
+
+        def predict(batch):
+            sigmoid = self.predict_sigmoid(batch[specs.KEY_FRAMES][:, specs.TARGET_INDEX])
+            saturated = (sigmoid < SATURATION) | (sigmoid > 1.0 - SATURATION)
+            stuck.extend(np.mean(saturated.numpy(), axis=(1, 2, 3)).tolist())
+            return sigmoid
+
         if self.has_ground_truth:
             gts, disps = [], []
             for batch in ds:
-                target = batch[specs.KEY_FRAMES][:, specs.TARGET_INDEX]
-                disps.append(self.predict_disparity(target).numpy()[..., 0])
+                disps.append(self._scaled_disparity(predict(batch)).numpy()[..., 0])
                 gts.append(batch[specs.KEY_GT_DEPTH].numpy()[..., 0])
             result = depth_eval.evaluate_depth(np.concatenate(gts), np.concatenate(disps),
                                                protocol="full", median_scaling=True)
-            return {k: float(v) for k, v in result.items()
-                    if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
-        totals, count = {}, 0
-        # the phase of the last step trained (a method may define its loss per phase)
-        last = max(int(self.global_step.numpy()) - 1, 0)
-        phase = self.method.validation_phase(self.schedule.phase(last))
-        for batch in ds:
-            losses, _, _ = self.diagnostics_fn(phase)(batch)
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            count += 1
-        return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+            result = {k: float(v) for k, v in result.items()
+                      if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+        else:
+            totals, count = {}, 0
+            # the phase of the last step trained (a method may define its loss per phase)
+            last = max(int(self.global_step.numpy()) - 1, 0)
+            phase = self.method.validation_phase(self.schedule.phase(last))
+            for batch in ds:
+                losses, _, _ = self.diagnostics_fn(phase)(batch)
+                predict(batch)
+                for k, v in losses.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                count += 1
+            result = {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+        result[SATURATED_KEY] = float(np.mean(stuck)) if stuck else 0.0
+        return result
 
     def log_eval(self, result: Dict[str, float], at_step: int, tag: str) -> None:
         """Validation result -> TensorBoard ``eval/``, ``eval_<step>.json``, one line."""
@@ -599,6 +619,15 @@ class Trainer:
                 if k in EVAL_PRINTED or k.startswith("val_photo")}
         logging.info("validation (%s, step %d): %s", tag, at_step, main)
         print(f"[eval] {tag} step {at_step}: {main}", flush=True)
+        saturated = result.get(SATURATED_KEY, 0.0)
+        if saturated > SATURATED_WARNING:
+            message = (
+                f"step {at_step}: the depth net's disparity is saturated on "
+                f"{100 * saturated:.0f} % of the validation pixels (sigmoid within "
+                f"{SATURATION:g} of 0 or 1: depth stuck at max_depth / min_depth, no "
+                "gradient back): a collapsed run; see docs/training.md \"Troubleshooting\"")
+            logging.warning(message)
+            print(f"[WARNING] {message}", flush=True)
 
 
 def check_oracles(trainer: Trainer) -> None:
