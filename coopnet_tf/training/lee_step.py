@@ -407,8 +407,7 @@ class LeeTrainStep:
             fwd["phi_identity"] if opts.automask else None,
             seed=tf.random.experimental.stateless_fold_in(seed, 0))}
         if geometric_on:
-            losses["geometric"] = tf.math.divide_no_nan(
-                tf.reduce_sum(fwd["depth_diff"] * valid), tf.reduce_sum(valid))
+            losses["geometric"] = consistency.masked_mean(fwd["depth_diff"], valid)
         if w.s > 0:
             losses["smooth_depth"] = smoothness.disparity_smoothness(fwd["disparity"],
                                                                      fwd["target"])
