@@ -168,11 +168,14 @@ def is_lee(method: str) -> bool:
 
 
 def lee_phase1_group(method: str) -> str:
-    """The run directory name of a Lee arm's phase 1 when it is shared: CSAC (L_mr) is a
-    phase 2-3 term (Lee Table 1), so arms that differ only in ``lee.csac`` train the same
-    phase 1 (same networks, boxes, data, seed)."""
-    _, dam, noisy = LEE_ARMS[method]
-    return "_lee_phase1" + ("" if dam else "_no_dam") + ("_jitter" if noisy else "")
+    """The run directory name of a Lee arm's phase 1 when it is shared. Phase 1 uses
+    neither CSAC (L_mr is a phase 2-3 term, Lee Table 1) nor the boxes (L_h joins after the
+    warm-up, which `gin_bindings` makes phase 1), and the jittered world differs from the
+    exact one only in its boxes: arms that differ only in ``lee.csac`` or in the boxes'
+    jitter train the same phase 1 (same networks, frames, seed; checked bitwise,
+    docs/synthetic_benchmark.md). The arms without DAM (another network) share theirs."""
+    _, dam, _ = LEE_ARMS[method]
+    return "_lee_phase1" + ("" if dam else "_no_dam")
 
 
 def uses_ground_truth_inputs(method: str) -> bool:
@@ -451,7 +454,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     resumed run equals an uninterrupted one exactly, see docs/synthetic_benchmark.md); the
     burn-in runs to its end only when some arm resumes from there.
     The Lee et al. arms train from scratch (a different method with its own phases); arms
-    that differ only in CSAC share their phase 1 (`lee_phase1_group`) when both are run.
+    that differ only in CSAC or the boxes' jitter share their phase 1 (`lee_phase1_group`).
     """
     info: Dict[str, Dict[str, object]] = {}
     total_steps = cfg.num_epochs * cfg.steps_per_epoch
@@ -494,7 +497,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
             shared_seconds = burn_seconds
             if is_lee(method):
                 # from scratch: Lee's own three-phase schedule; phase 1 shared by the arms
-                # that differ only in CSAC
+                # that differ only in CSAC or the boxes' jitter
                 source = None
                 group = lee_phase1_group(method)
                 if cfg.share_burn_in and lee_groups[group] > 1:

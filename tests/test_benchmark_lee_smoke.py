@@ -314,9 +314,34 @@ def test_lee_arm_end_to_end(root, monkeypatch):
                                        atol=1e-5)
 
 
+def test_phase_1_is_the_same_on_the_jittered_world(root):
+    """The premise of sharing phase 1 across the boxes' jitter (`lee_phase1_group`): phase
+    1 (the warm-up: neither L_h nor CSAC) trained on the exact and on the jittered world
+    ends with bitwise the same networks and optimizer state; phase 2 (boxes used) does not."""
+    import dataclasses
+    import tensorflow as tf
+    cfg = dataclasses.replace(tiny_config(root, methods=("lee_no_dam", "lee_no_dam_jitter")),
+                              steps_per_epoch=2)
+    phase1 = rs.lee_phase_epochs(cfg.num_epochs)[0] * cfg.steps_per_epoch
+
+    def variables(arm, steps):
+        model_dir = str(root / "phase1" / arm)
+        rs._train(cfg, model_dir, arm, 0, stop_at_step=steps)
+        reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+        return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                if "OPTIMIZER_SLOT" in k or "/.ATTRIBUTES/VARIABLE_VALUE" in k}
+
+    exact, jittered = (variables(arm, phase1) for arm in cfg.methods)
+    assert exact.keys() == jittered.keys() and len(exact) > 100
+    assert [k for k in exact if not np.array_equal(exact[k], jittered[k])] == []
+    exact, jittered = (variables(arm, phase1 + 1) for arm in cfg.methods)
+    assert any(not np.array_equal(exact[k], jittered[k]) for k in exact)
+
+
 def test_lee_arms_that_differ_only_in_csac_share_their_phase_1(tmp_path, monkeypatch):
-    """CSAC is a phase 2-3 term: lee / lee_no_csac (and their jittered pair) resume from
-    one phase-1 run per seed, trained once; the arms without DAM train alone; a restart
+    """CSAC is a phase 2-3 term and the boxes are not used in phase 1 (the warm-up): lee /
+    lee_no_csac and their jittered pair resume from one phase-1 run per seed, trained
+    once; the arms without DAM train alone (one of a group: no shared phase); a restart
     after the shared phase neither retrains it nor copies it over an arm's progress."""
     steps, calls = {}, []
 
@@ -341,16 +366,15 @@ def test_lee_arms_that_differ_only_in_csac_share_their_phase_1(tmp_path, monkeyp
     info = rs.train_all(cfg, str(tmp_path))
     for seed in (0, 1):
         s = f"seed{seed}/"
-        shared, jitter = s + "_lee_phase1", s + "_lee_phase1_jitter"
+        shared = s + "_lee_phase1"
         mine = [c for c in calls if any(str(x).startswith(s) for x in c[2:])]
         assert mine == [
             ("train", "lee", shared, 180), ("copy", shared, s + "lee"),
             ("train", "lee", s + "lee", None),
             ("copy", shared, s + "lee_no_csac"), ("train", "lee_no_csac", s + "lee_no_csac", None),
             ("train", "lee_no_dam", s + "lee_no_dam", None),
-            ("train", "lee_jitter", jitter, 180), ("copy", jitter, s + "lee_jitter"),
-            ("train", "lee_jitter", s + "lee_jitter", None),
-            ("copy", jitter, s + "lee_no_csac_jitter"),
+            ("copy", shared, s + "lee_jitter"), ("train", "lee_jitter", s + "lee_jitter", None),
+            ("copy", shared, s + "lee_no_csac_jitter"),
             ("train", "lee_no_csac_jitter", s + "lee_no_csac_jitter", None)]
         assert info[f"lee_no_csac/seed{seed}"]["resumed_from"] == str(tmp_path / shared)
         assert info[f"lee_no_dam/seed{seed}"]["resumed_from"] is None
