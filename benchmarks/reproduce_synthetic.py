@@ -167,15 +167,20 @@ def is_lee(method: str) -> bool:
     return method in LEE_ARMS
 
 
-def lee_phase1_group(method: str) -> str:
+def lee_phase1_group(method: str, cfg: "Config") -> str:
     """The run directory name of a Lee arm's phase 1 when it is shared. Phase 1 uses
     neither CSAC (L_mr is a phase 2-3 term, Lee Table 1) nor the boxes (L_h joins after the
     warm-up, which `gin_bindings` makes phase 1), and the jittered world differs from the
     exact one only in its boxes: arms that differ only in ``lee.csac`` or in the boxes'
     jitter train the same phase 1 (same networks, frames, seed; checked bitwise,
-    docs/synthetic_benchmark.md). The arms without DAM (another network) share theirs."""
-    _, dam, _ = LEE_ARMS[method]
-    return "_lee_phase1" + ("" if dam else "_no_dam")
+    docs/synthetic_benchmark.md). The arms without DAM (another network) share theirs.
+    An extra binding of the warm-up's length may bring L_h into phase 1: then the
+    jittered arms get their own."""
+    _, dam, noisy = LEE_ARMS[method]
+    warm_up_bound = any(b.split("=")[0].strip() == "train_and_evaluate.burn_in_epochs"
+                        for b in cfg.extra_bindings)
+    return ("_lee_phase1" + ("" if dam else "_no_dam")
+            + ("_jitter" if noisy and warm_up_bound else ""))
 
 
 def uses_ground_truth_inputs(method: str) -> bool:
@@ -464,7 +469,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
     # the whole burn-in only when an arm resumes from it (not for GT-estimating arms alone)
     need_full = any(not is_lee(m) and not estimates_quantiles_from_ground_truth(m)
                     for m in cfg.methods)
-    lee_groups = collections.Counter(lee_phase1_group(m) for m in cfg.methods if is_lee(m))
+    lee_groups = collections.Counter(lee_phase1_group(m, cfg) for m in cfg.methods if is_lee(m))
     lee_phase1_steps = (lee_phase_epochs(cfg.num_epochs)[0] * cfg.steps_per_epoch
                         if lee_groups else 0)
     for seed in cfg.seeds:
@@ -499,7 +504,7 @@ def train_all(cfg: Config, model_root: str) -> Dict[str, Dict[str, object]]:
                 # from scratch: Lee's own three-phase schedule; phase 1 shared by the arms
                 # that differ only in CSAC or the boxes' jitter
                 source = None
-                group = lee_phase1_group(method)
+                group = lee_phase1_group(method, cfg)
                 if cfg.share_burn_in and lee_groups[group] > 1:
                     source = os.path.join(model_root, f"seed{seed}", group)
                     with common.run_dir_lock(source):
