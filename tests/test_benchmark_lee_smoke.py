@@ -184,20 +184,23 @@ def test_world_object_pixels_needs_the_world_config(tmp_path):
 
 
 def test_train_all_trains_lee_arms_from_scratch(tmp_path, monkeypatch):
-    """Lee arms never resume from the shared burn-in; with only Lee arms there is none."""
+    """Lee arms never resume from the shared burn-in; with only Lee arms there is none
+    (one arm per phase-1 group here: no shared phase 1 either)."""
     calls = []
     monkeypatch.setattr(rs, "_finished", lambda model_dir, steps: False)
     monkeypatch.setattr(rs, "_copy_run", lambda src, dst: calls.append(("copy", src, dst)))
     monkeypatch.setattr(rs, "_train", lambda cfg, model_dir, method, seed, stop_at_step=None:
                         calls.append(("train", method, pathlib.Path(model_dir).name,
                                       stop_at_step)) or {})
-    cfg = rs.Config(methods=("baseline", "lee", "lee_jitter"), num_epochs=5, burn_in_epochs=3)
+    cfg = rs.Config(methods=("baseline", "lee", "lee_no_dam_jitter"), num_epochs=5,
+                    burn_in_epochs=3)
     info = rs.train_all(cfg, str(tmp_path))
     assert calls == [("train", "coopnet", "_burn_in", 270),
                      ("copy", str(tmp_path / "seed0" / "_burn_in"),
                       str(tmp_path / "seed0" / "baseline")),
                      ("train", "baseline", "baseline", None),
-                     ("train", "lee", "lee", None), ("train", "lee_jitter", "lee_jitter", None)]
+                     ("train", "lee", "lee", None),
+                     ("train", "lee_no_dam_jitter", "lee_no_dam_jitter", None)]
     assert info["lee/seed0"]["resumed_from"] is None
     assert info["lee/seed0"]["shared_burn_in_seconds"] == 0.0
     assert info["baseline/seed0"]["resumed_from"].endswith("_burn_in")
