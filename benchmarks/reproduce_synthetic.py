@@ -167,6 +167,10 @@ def is_lee(method: str) -> bool:
     return method in LEE_ARMS
 
 
+# the bindings that decide whether Lee's warm-up (no boxes used) covers phase 1
+PHASE1_LENGTH_BINDINGS = frozenset({"train_and_evaluate.burn_in_epochs", "lee.phase1_epochs"})
+
+
 def lee_phase1_group(method: str, cfg: "Config") -> str:
     """The run directory name of a Lee arm's phase 1 when it is shared. Phase 1 uses
     neither CSAC (L_mr is a phase 2-3 term, Lee Table 1) nor the boxes (L_h joins after the
@@ -174,13 +178,13 @@ def lee_phase1_group(method: str, cfg: "Config") -> str:
     exact one only in its boxes: arms that differ only in ``lee.csac`` or in the boxes'
     jitter train the same phase 1 (same networks, frames, seed; checked bitwise,
     docs/synthetic_benchmark.md). The arms without DAM (another network) share theirs.
-    An extra binding of the warm-up's length may bring L_h into phase 1: then the
-    jittered arms get their own."""
+    An extra binding of the warm-up's or phase 1's length may leave L_h in phase 1: then
+    the jittered arms get their own."""
     _, dam, noisy = LEE_ARMS[method]
-    warm_up_bound = any(b.split("=")[0].strip() == "train_and_evaluate.burn_in_epochs"
+    lengths_bound = any(b.split("=")[0].strip() in PHASE1_LENGTH_BINDINGS
                         for b in cfg.extra_bindings)
     return ("_lee_phase1" + ("" if dam else "_no_dam")
-            + ("_jitter" if noisy and warm_up_bound else ""))
+            + ("_jitter" if noisy and lengths_bound else ""))
 
 
 def uses_ground_truth_inputs(method: str) -> bool:

@@ -381,11 +381,13 @@ def test_lee_arms_that_differ_only_in_csac_share_their_phase_1(tmp_path, monkeyp
             ("train", "lee_no_csac_jitter", s + "lee_no_csac_jitter", None)]
         assert info[f"lee_no_csac/seed{seed}"]["resumed_from"] == str(tmp_path / shared)
         assert info[f"lee_no_dam/seed{seed}"]["resumed_from"] is None
-    # an extra binding of the warm-up may bring L_h (the boxes) into phase 1
+    # an extra binding of the warm-up's or phase 1's length may leave L_h (boxes) in phase 1
     assert rs.lee_phase1_group("lee_jitter", cfg) == rs.lee_phase1_group("lee", cfg)
     bound = rs.Config(extra_bindings=("train_and_evaluate.burn_in_epochs = 1",))
     assert rs.lee_phase1_group("lee_jitter", bound) == "_lee_phase1_jitter"
     assert rs.lee_phase1_group("lee_no_dam", bound) == "_lee_phase1_no_dam"
+    longer = rs.Config(extra_bindings=("lee.phase1_epochs=3",))
+    assert rs.lee_phase1_group("lee_no_csac_jitter", longer) == "_lee_phase1_jitter"
     # restart: an arm interrupted after the shared phase keeps its own progress
     steps["seed0/lee_no_csac"] = 270
     calls.clear()
